@@ -1,0 +1,80 @@
+"""`TrainConfig`: everything about how members are optimised (not what they are)."""
+from __future__ import annotations
+
+import dataclasses
+
+import optax
+
+STRATEGIES = ("auto", "vmap", "unrolled", "sequential")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How each member is trained. All members share it; each has its own PRNG stream.
+
+    Minibatches are drawn uniformly *with replacement* from the member's own subset at every
+    step (bootstrap counts weight the draw), so a batch larger than the smallest subset is
+    allowed: it simply repeats frames.
+    """
+    steps: int = 600
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None        # per member: each member's own gradient norm
+    sigma: float = 1.0                    # target Gaussian std, in heatmap pixels
+    seed: int = 0
+    strategy: str = "auto"
+    chunk_size: int = 50                  # steps between host visits (progress, checkpoints)
+    steps_per_program: int = 0            # steps per compiled program; 0 = per backend
+    members_per_program: int = 16         # 'unrolled': members traced into one program
+    track_aum: bool = True
+    aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
+    checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
+
+    def __post_init__(self) -> None:
+        def bad(name, why):
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+        if int(self.steps) != self.steps or self.steps < 1:
+            bad("steps", "must be a positive integer")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            bad("batch_size", "must be a positive integer")
+        if not self.learning_rate > 0:
+            bad("learning_rate", "must be > 0")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"unknown schedule; choose one of {SCHEDULES}")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"unknown strategy; choose one of {STRATEGIES}")
+        if self.chunk_size < 1:
+            bad("chunk_size", "must be >= 1")
+        if self.members_per_program < 1:
+            bad("members_per_program", "must be >= 1")
+        if not self.sigma > 0:
+            bad("sigma", "must be > 0")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            bad("clip_norm", "must be > 0 or None")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            if self.warmup_steps:
+                bad("warmup_steps", f"must be in [0, steps={self.steps})")
+        if self.checkpoint_every < 0:
+            bad("checkpoint_every", "must be >= 0")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """Adam(W) with the schedule. Clipping acts on one member's gradient tree: the
+        optimizer is applied inside the per-member step, so it never sees other members."""
+        if self.schedule == "constant":
+            lr = optax.constant_schedule(self.learning_rate)
+        elif self.schedule == "cosine":
+            lr = optax.cosine_decay_schedule(self.learning_rate, self.steps, alpha=0.05)
+        else:
+            lr = optax.warmup_cosine_decay_schedule(
+                0.0, self.learning_rate, max(self.warmup_steps, 1), self.steps,
+                end_value=0.05 * self.learning_rate)
+        parts = []
+        if self.clip_norm is not None:
+            parts.append(optax.clip_by_global_norm(self.clip_norm))
+        parts.append(optax.adamw(lr, weight_decay=self.weight_decay) if self.weight_decay
+                     else optax.adam(lr))
+        return optax.chain(*parts)

@@ -1,0 +1,95 @@
+"""The per-member training step: one pure function of one member's state.
+
+Everything member-parallel (vmap, unrolling, sharding) is built on top of this function,
+so a member's trajectory depends only on its own key, subset and the shared data.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ensemble_jax.data.targets import gaussian_targets
+from ensemble_jax.models.heatmap_net import HeatmapNet
+from ensemble_jax.training.config import TrainConfig
+
+
+class MemberState(NamedTuple):
+    """One member's training state; stacked on a leading [M] axis for the ensemble."""
+    params: Any
+    opt_state: Any
+    aum_sum: jnp.ndarray      # float32 [n, K]  sum of margins while in the batch
+    aum_count: jnp.ndarray    # int32   [n, K]  steps the (frame, keypoint) was in the batch
+    alive: jnp.ndarray        # bool    []      False once the member diverged
+    diverged_at: jnp.ndarray  # int32   []      step of divergence, -1 if none
+
+
+class MemberInputs(NamedTuple):
+    """Per-member constants, stacked on [M]."""
+    key: jnp.ndarray          # uint32 [2] raw PRNG key data
+    subset_index: jnp.ndarray # int32 [Nmax] frame indices (repeats = bootstrap weight)
+    subset_size: jnp.ndarray  # int32 [] valid entries of subset_index
+    lr_scale: jnp.ndarray     # float32 [] multiplies this member's updates
+
+
+def init_member(model: HeatmapNet, tx: optax.GradientTransformation, key: jnp.ndarray,
+                sample: jnp.ndarray, n_frames: int, n_keypoints: int) -> MemberState:
+    # Stream 1 of the member key initialises; stream 0 (folded with the step) samples.
+    params = model.init(jax.random.fold_in(jax.random.wrap_key_data(key), 1), sample)
+    return MemberState(
+        params=params, opt_state=tx.init(params),
+        aum_sum=jnp.zeros((n_frames, n_keypoints), jnp.float32),
+        aum_count=jnp.zeros((n_frames, n_keypoints), jnp.int32),
+        alive=jnp.asarray(True), diverged_at=jnp.asarray(-1, jnp.int32))
+
+
+def _tree_finite(tree: Any) -> jnp.ndarray:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: TrainConfig,
+                     heatmap_hw: tuple[int, int], stride: int) -> Callable:
+    """Returns step(state, inputs, step_index, images, keypoints) -> (state, loss).
+
+    images `[n, H, W, C]` (uint8, or float in [0, 1]) and keypoints `[n, K, 2]` are the
+    shared training set, resident on device; the member reads only rows of its subset.
+    """
+    def loss_fn(params, x, targets, weights):
+        logits = model.apply(params, x)
+        bce = optax.sigmoid_binary_cross_entropy(logits, targets).mean((-1, -2))  # [B, K]
+        loss = (bce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+        return loss, logits
+
+    def step(state: MemberState, inputs: MemberInputs, step_index, images, keypoints):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(inputs.key), 0),
+                                 step_index)
+        pos = jax.random.randint(key, (cfg.batch_size,), 0, inputs.subset_size)
+        idx = inputs.subset_index[pos]
+        x, kp = images[idx], keypoints[idx]
+        targets, weights = gaussian_targets(kp, heatmap_hw, stride, cfg.sigma)
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, x, targets, weights)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = jax.tree_util.tree_map(lambda u: u * inputs.lr_scale, updates)
+        params = optax.apply_updates(state.params, updates)
+        # A member whose loss or weights stop being finite is frozen at its last good state.
+        ok = state.alive & jnp.isfinite(loss) & _tree_finite(params)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+        aum_sum, aum_count = state.aum_sum, state.aum_count
+        if cfg.track_aum:
+            from ensemble_jax.kernels.margins import heatmap_margin
+            margin = heatmap_margin(jax.lax.stop_gradient(logits), kp, stride=stride,
+                                    radius=cfg.aum_radius)                      # [B, K]
+            valid = jnp.isfinite(margin) & ok
+            aum_sum = aum_sum.at[idx].add(jnp.where(valid, margin, 0.0))
+            aum_count = aum_count.at[idx].add(valid.astype(jnp.int32))
+        new_state = MemberState(
+            params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            aum_sum=aum_sum, aum_count=aum_count, alive=ok,
+            diverged_at=jnp.where(state.alive & ~ok, step_index, state.diverged_at).astype(jnp.int32))
+        return new_state, jnp.where(state.alive, loss, jnp.nan)
+
+    return step

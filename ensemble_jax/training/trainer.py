@@ -1,0 +1,227 @@
+"""`EnsembleTrainer`: trains M members, each on its own subset, in one compiled program per
+chunk of steps. The host only runs between chunks (progress bar, logging, checkpoints)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ensemble_jax.data.dataset import DatasetError, KeypointDataset
+from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
+from ensemble_jax.subsets import validate_masks
+from ensemble_jax.training import strategies
+from ensemble_jax.training.checkpoint import Checkpointer
+from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.result import EnsembleResult
+from ensemble_jax.training.step import MemberInputs, MemberState, init_member, make_member_step
+
+
+def member_keys(seed: int, member_ids: np.ndarray) -> np.ndarray:
+    """uint32 [M, 2]: member m's key depends only on (seed, m), never on the ensemble size."""
+    base = jax.random.key(seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(member_ids, jnp.uint32))
+    return np.asarray(jax.random.key_data(keys))
+
+
+def subset_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """counts [M, n] -> (index int32 [M, Nmax], size int32 [M]); a frame drawn c times in a
+    bootstrap appears c times, so uniform draws over the list reproduce its weight."""
+    sizes = counts.sum(1).astype(np.int32)
+    index = np.zeros((counts.shape[0], int(sizes.max())), np.int32)
+    for m, row in enumerate(counts):
+        lst = np.repeat(np.arange(counts.shape[1], dtype=np.int32), row)
+        index[m, :lst.size] = lst
+    return index, sizes
+
+
+@dataclasses.dataclass
+class _Setup:
+    model: HeatmapNet
+    member_step: Callable
+    states: MemberState
+    inputs: MemberInputs
+    images: jax.Array
+    keypoints: jax.Array
+
+
+class EnsembleTrainer:
+    """Usage::
+
+        trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600))
+        result = trainer.fit(train_set, nested_subsets(train_set.n_frames, [.1, .5, .9], 3))
+        preds = result.predict(test_set.images)
+    """
+
+    def __init__(self, model_config: ModelConfig | None = None,
+                 train_config: TrainConfig | None = None):
+        self.model_config = model_config or ModelConfig()
+        self.train_config = train_config or TrainConfig()
+
+    # ------------------------------------------------------------------ set-up
+    def _check(self, dataset: Any, masks: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        if not isinstance(dataset, KeypointDataset):
+            raise TypeError(f"fit: dataset must be a KeypointDataset, got {type(dataset).__name__}")
+        counts = validate_masks(masks, dataset.n_frames)
+        mult = self.model_config.input_multiple
+        h, w = dataset.images.shape[1:3]
+        if h % mult or w % mult:
+            raise DatasetError(
+                f"image size {h}x{w} is not divisible by {mult} (2 ** number of encoder stages, "
+                f"output_stride={self.model_config.output_stride}); resize or letterbox to a "
+                f"multiple of {mult} (e.g. --image-size {max(mult, (max(h, w) // mult) * mult)})")
+        if not dataset.labeled.any():
+            raise DatasetError("fit: the dataset has no labeled keypoint at all")
+        return counts, None
+
+    def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
+              lr_scale: np.ndarray, images: np.ndarray | None = None) -> _Setup:
+        mc, tc = self.model_config, self.train_config
+        model = HeatmapNet(mc, dataset.n_keypoints)
+        tx = tc.optimizer()
+        h, w = dataset.images.shape[1:3]
+        hw = (h // mc.output_stride, w // mc.output_stride)
+        member_step = make_member_step(model, tx, tc, hw, mc.output_stride)
+        keys = member_keys(tc.seed, member_ids)
+        index, sizes = subset_index(counts)
+        inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
+                              jnp.asarray(lr_scale, jnp.float32))
+        sample = jnp.zeros((1, h, w, dataset.images.shape[3]), jnp.uint8)
+        init = jax.jit(jax.vmap(lambda k: init_member(model, tx, k, sample, dataset.n_frames,
+                                                      dataset.n_keypoints)))
+        states = init(inputs.key)
+        imgs = dataset.images if images is None else images
+        return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
+                      jnp.asarray(dataset.keypoints))
+
+    def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
+        tc = self.train_config
+        m = int(s.inputs.subset_size.shape[0])
+        spp = tc.steps_per_program or strategies.default_steps_per_program(
+            jax.default_backend(), tc.chunk_size)
+        make = lambda name: strategies.make_runner(name, s.member_step, spp, m,
+                                                   tc.members_per_program)
+        if tc.strategy != "auto":
+            return make(tc.strategy), {"chosen": tc.strategy, "how": "fixed by TrainConfig"}
+        key = strategies.cache_key(model=dataclasses.asdict(self.model_config), members=m,
+                                   images=tuple(s.images.shape), batch=tc.batch_size,
+                                   group=tc.members_per_program, aum=tc.track_aum, spp=spp)
+        cached = strategies.load_cached(key)
+        if cached:
+            log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
+            return make(cached["chosen"]), dict(cached, how="cached")
+        table, runners = {}, {}
+        for name in strategies.candidates(jax.default_backend(), m):
+            runners[name] = make(name)
+            table[name] = strategies.measure(runners[name], s.states, s.inputs, s.images,
+                                             s.keypoints)
+            table[name]["images_per_s"] = m * tc.batch_size / table[name]["step_s"]
+            log(f"strategy probe {name:>10}: {table[name]['images_per_s']:8.0f} img/s "
+                f"(compile {table[name]['compile_s']:.1f} s)")
+        chosen = min(table, key=lambda k: table[k]["step_s"])
+        entry = {"chosen": chosen, "table": table}
+        strategies.store_cached(key, entry)
+        log(f"strategy: {chosen} (fastest measured on {jax.default_backend()})")
+        return runners[chosen], dict(entry, how="measured")
+
+    # ---------------------------------------------------------------- training
+    def fit(self, dataset: KeypointDataset, masks: np.ndarray, *,
+            lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False,
+            progress: bool = True, log: Callable[[str], None] | None = None,
+            images: np.ndarray | None = None) -> EnsembleResult:
+        """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
+
+        lr_scale: float [M], multiplies each member's updates (default 1).
+        member_ids: int [M], the members' identities for their PRNG keys (default 0..M-1);
+            a member trained alone with its id and subset gets the same parameters.
+        checkpoint_dir / resume: orbax checkpoints every `checkpoint_every` steps; with
+            resume=True the latest one is restored and training continues from it.
+        images: optional float [n, H, W, C] replacing dataset.images on device (testing).
+        """
+        log = log or (lambda msg: None)
+        tc = self.train_config
+        counts, _ = self._check(dataset, masks)
+        m = counts.shape[0]
+        member_ids = np.arange(m) if member_ids is None else np.asarray(member_ids)
+        chex.assert_shape(member_ids, (m,))
+        lr_scale = np.ones(m, np.float32) if lr_scale is None else np.asarray(lr_scale, np.float32)
+        chex.assert_shape(lr_scale, (m,))
+        if images is not None:
+            chex.assert_shape(images, dataset.images.shape)
+            if not np.isfinite(images[counts.sum(0) > 0]).all():
+                raise DatasetError("fit: images of frames inside some subset contain NaN/inf")
+
+        t_setup = time.perf_counter()
+        s = self.setup(dataset, counts, member_ids, lr_scale, images)
+        runner, strategy_info = self.choose_strategy(s, log)
+        states = s.states
+        losses = np.full((tc.steps, m), np.nan, np.float32)
+        step = 0
+        ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+        if ckpt is not None and resume and ckpt.latest_step() is not None:
+            step = int(ckpt.latest_step())
+            restored = ckpt.restore(step, {"states": states, "losses": losses,
+                                           "member_keys": np.asarray(s.inputs.key),
+                                           "masks": counts})
+            if not np.array_equal(restored["masks"], counts):
+                raise ValueError(f"{checkpoint_dir}: checkpoint subset masks differ from this run's")
+            states, losses = restored["states"], np.asarray(restored["losses"])
+            log(f"resumed from step {step} ({ckpt.directory})")
+        setup_s = time.perf_counter() - t_setup
+
+        bar = _progress(tc.steps, m, step, progress)
+        t_train = time.perf_counter()
+        steps_run = 0
+        every = tc.checkpoint_every
+        while step < tc.steps:
+            n = min(tc.chunk_size, tc.steps - step)
+            if every:
+                n = min(n, every - step % every)
+            states, chunk_losses = runner(states, s.inputs, s.images, s.keypoints, step, n)
+            losses[step:step + n] = chunk_losses
+            step += n
+            steps_run += n
+            if ckpt is not None and ((every and step % every == 0) or step == tc.steps):
+                ckpt.save(step, {"states": states, "losses": losses,
+                                 "member_keys": np.asarray(s.inputs.key), "masks": counts})
+            if bar is not None:
+                alive = int(np.asarray(states.alive).sum())
+                bar.set_postfix(loss=f"{np.nanmean(chunk_losses[-1]):.4f}",
+                                alive=f"{alive}/{m}", refresh=False)
+                bar.update(n)
+        jax.block_until_ready(states)
+        train_s = time.perf_counter() - t_train
+        if bar is not None:
+            bar.close()
+        if ckpt is not None:
+            ckpt.close()
+        host = jax.device_get(states)
+        alive = np.asarray(host.alive)
+        for i in np.flatnonzero(~alive):
+            log(f"warning: member {i} diverged at step {int(host.diverged_at[i])} (non-finite "
+                f"loss or weights); it was frozen and is excluded from consensus and influence")
+        timing = {"setup_s": setup_s, "train_s": train_s, "steps_run": steps_run,
+                  "steps_per_s": steps_run / train_s if train_s > 0 else float("nan"),
+                  "images_per_s": steps_run * m * tc.batch_size / train_s if train_s > 0
+                  else float("nan"),
+                  "strategy": strategy_info}
+        return EnsembleResult(
+            model_config=self.model_config, train_config=tc, params=host.params, masks=counts,
+            bodyparts=list(dataset.bodyparts), image_shape=dataset.image_shape,
+            aum_sum=np.asarray(host.aum_sum), aum_count=np.asarray(host.aum_count),
+            losses=losses, alive=alive, diverged_at=np.asarray(host.diverged_at),
+            strategy=runner.name, timing=timing)
+
+
+def _progress(total: int, members: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, unit="step", desc=f"training {members} members",
+                dynamic_ncols=True)
