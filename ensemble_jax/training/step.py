@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from ensemble_jax.data.targets import gaussian_targets
+from ensemble_jax.kernels.margins import heatmap_margin
 from ensemble_jax.models.heatmap_net import HeatmapNet
 from ensemble_jax.training.config import TrainConfig
 
@@ -80,7 +81,6 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
         aum_sum, aum_count = state.aum_sum, state.aum_count
         if cfg.track_aum:
-            from ensemble_jax.kernels.margins import heatmap_margin
             margin = heatmap_margin(jax.lax.stop_gradient(logits), kp, stride=stride,
                                     radius=cfg.aum_radius)                      # [B, K]
             valid = jnp.isfinite(margin) & ok

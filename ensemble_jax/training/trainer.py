@@ -3,6 +3,7 @@ chunk of steps. The host only runs between chunks (progress bar, logging, checkp
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -85,8 +86,7 @@ class EnsembleTrainer:
         model = HeatmapNet(mc, dataset.n_keypoints)
         tx = tc.optimizer()
         h, w = dataset.images.shape[1:3]
-        hw = (h // mc.output_stride, w // mc.output_stride)
-        member_step = make_member_step(model, tx, tc, hw, mc.output_stride)
+        member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
         keys = member_keys(tc.seed, member_ids)
         index, sizes = subset_index(counts)
         inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
@@ -104,8 +104,7 @@ class EnsembleTrainer:
         m = int(s.inputs.subset_size.shape[0])
         spp = tc.steps_per_program or strategies.default_steps_per_program(
             jax.default_backend(), tc.chunk_size)
-        make = lambda name: strategies.make_runner(name, s.member_step, spp, m,
-                                                   tc.members_per_program)
+        make = lambda name: _runner(name, s.member_step, spp, m, tc.members_per_program)
         if tc.strategy != "auto":
             return make(tc.strategy), {"chosen": tc.strategy, "how": "fixed by TrainConfig"}
         key = strategies.cache_key(model=dataclasses.asdict(self.model_config), members=m,
@@ -134,7 +133,8 @@ class EnsembleTrainer:
             lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool = True, log: Callable[[str], None] | None = None,
-            images: np.ndarray | None = None) -> EnsembleResult:
+            images: np.ndarray | None = None, stop_after: int | None = None
+            ) -> EnsembleResult:
         """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
 
         lr_scale: float [M], multiplies each member's updates (default 1).
@@ -143,6 +143,8 @@ class EnsembleTrainer:
         checkpoint_dir / resume: orbax checkpoints every `checkpoint_every` steps; with
             resume=True the latest one is restored and training continues from it.
         images: optional float [n, H, W, C] replacing dataset.images on device (testing).
+        stop_after: stop (as if interrupted) once this many steps are done; the schedule
+            still assumes `steps`, so a resume continues exactly.
         """
         log = log or (lambda msg: None)
         tc = self.train_config
@@ -179,15 +181,16 @@ class EnsembleTrainer:
         t_train = time.perf_counter()
         steps_run = 0
         every = tc.checkpoint_every
-        while step < tc.steps:
-            n = min(tc.chunk_size, tc.steps - step)
+        end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+        while step < end:
+            n = min(tc.chunk_size, end - step)
             if every:
                 n = min(n, every - step % every)
             states, chunk_losses = runner(states, s.inputs, s.images, s.keypoints, step, n)
             losses[step:step + n] = chunk_losses
             step += n
             steps_run += n
-            if ckpt is not None and ((every and step % every == 0) or step == tc.steps):
+            if ckpt is not None and ((every and step % every == 0) or step == end):
                 ckpt.save(step, {"states": states, "losses": losses,
                                  "member_keys": np.asarray(s.inputs.key), "masks": counts})
             if bar is not None:
@@ -217,6 +220,24 @@ class EnsembleTrainer:
             aum_sum=np.asarray(host.aum_sum), aum_count=np.asarray(host.aum_count),
             losses=losses, alive=alive, diverged_at=np.asarray(host.diverged_at),
             strategy=runner.name, timing=timing)
+
+
+def _step_key(tc: TrainConfig) -> TrainConfig:
+    """The settings the compiled step depends on (not the seed, strategy or chunking), so
+    fits that differ only in those share compiled programs."""
+    return dataclasses.replace(tc, seed=0, strategy="auto", chunk_size=1, checkpoint_every=0,
+                               steps_per_program=0, members_per_program=1)
+
+
+@functools.lru_cache(maxsize=32)
+def _member_step(mc: ModelConfig, tc: TrainConfig, image_hw: tuple[int, int], k: int):
+    hw = (image_hw[0] // mc.output_stride, image_hw[1] // mc.output_stride)
+    return make_member_step(HeatmapNet(mc, k), tc.optimizer(), tc, hw, mc.output_stride)
+
+
+@functools.lru_cache(maxsize=64)
+def _runner(name: str, member_step: Callable, spp: int, m: int, per_program: int):
+    return strategies.make_runner(name, member_step, spp, m, per_program)
 
 
 def _progress(total: int, members: int, initial: int, enabled: bool):

@@ -1,0 +1,114 @@
+"""`ensemble-jax sweep | analyze | report`: argument parsing and printing only; every
+action is a call into the Python API."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+
+def _enable_compile_cache() -> None:
+    """Reuse compiled XLA programs across runs (the strategy probes compile several)."""
+    import jax
+    path = os.environ.get("ENSEMBLE_JAX_XLA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ensemble_jax", "xla")
+    try:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    except Exception:  # an unknown option on some jax version is no reason to stop
+        pass
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemble-jax", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="train a subset ensemble and write a run directory")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--data", default=None, help="DeepLabCut project folder, Lightning Pose "
+                   "CSV, COCO JSON or TFDS name (default: embedded synthetic scenes)")
+    s.add_argument("--format", choices=["dlc", "lightning-pose", "coco", "tfds"], default=None)
+    s.add_argument("--image-size", type=int, default=None,
+                   help="training resolution (letterboxed square); must divide by 2**stages")
+    s.add_argument("--smoke", action="store_true", help="a tiny run (seconds) to check a setup")
+    s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--plan", choices=["nested", "random", "bootstrap", "kfold", "loo"],
+                   default="nested")
+    s.add_argument("--fractions", type=_floats, default=None, help="e.g. 0.1,0.3,0.5,0.7,0.9")
+    s.add_argument("--seeds", type=int, default=None, help="nested plan: seeds per fraction")
+    s.add_argument("--members", type=int, default=None, help="random/bootstrap/kfold members")
+    s.add_argument("--fraction", type=float, default=None, help="random plan: subset fraction")
+    s.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
+    s.add_argument("--noise-rate", type=float, default=None, help="synthetic planted label noise")
+    s.add_argument("--test-fraction", type=float, default=None)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--lr", type=float, default=None)
+    s.add_argument("--widths", type=_ints, default=None, help="encoder widths, e.g. 16,32,64")
+    s.add_argument("--strategy", choices=["auto", "vmap", "unrolled", "sequential"], default=None)
+    s.add_argument("--chunk-size", type=int, default=None)
+    s.add_argument("--checkpoint-every", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def sweep_configs(args: argparse.Namespace):
+    from ensemble_jax.models.heatmap_net import ModelConfig
+    from ensemble_jax.sweep import SweepConfig
+    from ensemble_jax.training.config import TrainConfig
+    sweep, model, train = SweepConfig(), ModelConfig(), TrainConfig()
+    if args.smoke:
+        sweep = dataclasses.replace(sweep, synthetic_frames=120, fractions=(0.3, 0.9), n_seeds=1)
+        model = dataclasses.replace(model, widths=(8, 16, 32), head_width=16)
+        train = dataclasses.replace(train, steps=60, chunk_size=20)
+    def pick(**kw):
+        return {k: v for k, v in kw.items() if v is not None}
+    sweep = dataclasses.replace(sweep, **pick(
+        data=args.data, format=args.format, image_size=args.image_size, plan=args.plan,
+        fractions=args.fractions, n_seeds=args.seeds, n_members=args.members,
+        fraction=args.fraction, synthetic_frames=args.frames, noise_rate=args.noise_rate,
+        test_fraction=args.test_fraction, seed=args.seed))
+    model = dataclasses.replace(model, **pick(widths=args.widths))
+    train = dataclasses.replace(train, **pick(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        strategy=args.strategy, chunk_size=args.chunk_size,
+        checkpoint_every=args.checkpoint_every, seed=args.seed))
+    return sweep, model, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _enable_compile_cache()
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    try:
+        if args.command == "sweep":
+            from ensemble_jax.sweep import run_sweep
+            sweep, model, train = sweep_configs(args)
+            run_sweep(args.out, sweep, model, train, resume=args.resume,
+                      progress=not args.quiet, log=log)
+            log(f"wrote {Path(args.out).resolve()}")
+        return 0
+    except (ValueError, OSError, TypeError) as e:
+        log(f"ensemble-jax {args.command}: error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""A subset sweep end to end: data -> plan -> trained ensemble -> run directory.
+
+The run directory is the contract between stages (see ARCHITECTURE.md):
+  config.json        everything needed to reproduce the run
+  subsets.npy        int32 [M, n_train] subset plan (counts; 0/1 for in/out plans)
+  data.npz           the training/test frames at training resolution + labels + letterbox
+  params.msgpack     final stacked parameters (flax serialization)
+  training.npz       losses [steps, M], AUM sums/counts [M, n_train, K], alive, diverged_at
+  predictions.npz    per-member keypoints/confidences on train and test frames
+                     (original-image pixels) and the labels they are scored against
+  summary.json       errors per fraction, ensemble and per member; strategy; speed
+  learning_curve.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ensemble_jax import io as eio
+from ensemble_jax import subsets as plans
+from ensemble_jax.analysis import metrics, plots
+from ensemble_jax.data.dataset import KeypointDataset
+from ensemble_jax.models.heatmap_net import ModelConfig
+from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.result import EnsembleResult, consensus
+from ensemble_jax.training.trainer import EnsembleTrainer
+
+FORMAT_VERSION = 1
+PLANS = ("nested", "random", "bootstrap", "kfold", "loo")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    data: str | None = None           # None = embedded synthetic scenes
+    format: str | None = None
+    image_size: int | None = None
+    synthetic_frames: int = 400       # train + test, synthetic data only
+    noise_rate: float = 0.0           # synthetic planted label noise
+    test_fraction: float = 0.2
+    plan: str = "nested"
+    fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    n_seeds: int = 3
+    n_members: int = 16               # random / bootstrap plans
+    fraction: float = 0.5             # random plan
+    seed: int = 0
+    pck_radius: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.plan not in PLANS:
+            raise ValueError(f"plan={self.plan!r}: unknown plan; choose one of {PLANS}")
+        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+
+
+def load_data(cfg: SweepConfig) -> KeypointDataset:
+    if cfg.data is None:
+        from ensemble_jax.data.synthetic import synthetic_dataset
+        return synthetic_dataset(cfg.synthetic_frames, image_size=cfg.image_size or 64,
+                                 noise_rate=cfg.noise_rate, seed=cfg.seed)
+    from ensemble_jax.data.load import load_dataset
+    return load_dataset(cfg.data, format=cfg.format, image_size=cfg.image_size)
+
+
+def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
+    """Masks [M, n_train] and a description of each member (fraction, seed)."""
+    if cfg.plan == "nested":
+        masks = plans.nested_subsets(n_train, cfg.fractions, cfg.n_seeds, cfg.seed)
+        seeds, fracs = plans.nested_layout(cfg.fractions, cfg.n_seeds)
+    elif cfg.plan == "random":
+        masks = plans.random_subsets(n_train, cfg.n_members, cfg.fraction, cfg.seed)
+        seeds, fracs = np.arange(cfg.n_members), np.full(cfg.n_members, cfg.fraction)
+    elif cfg.plan == "bootstrap":
+        masks = plans.bootstrap_subsets(n_train, cfg.n_members, cfg.seed)
+        seeds, fracs = np.arange(cfg.n_members), np.ones(cfg.n_members)
+    elif cfg.plan == "kfold":
+        masks = plans.kfold_subsets(n_train, cfg.n_members, cfg.seed)
+        seeds, fracs = np.arange(cfg.n_members), masks.mean(1)
+    else:
+        masks = plans.leave_one_out_subsets(n_train)
+        seeds, fracs = np.arange(n_train), masks.mean(1)
+    return masks, {"member_seed": seeds.tolist(), "member_fraction": np.round(fracs, 6).tolist()}
+
+
+def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
+              train_cfg: TrainConfig, *, dataset: KeypointDataset | None = None,
+              resume: bool = False, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Trains the sweep and writes the run directory. Returns the summary."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is a file, not a run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = dataset if dataset is not None else load_data(cfg)
+    train, test = data.split(cfg.test_fraction, seed=cfg.seed)
+    log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
+        f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    masks, layout = make_plan(cfg, train.n_frames)
+    config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
+              "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+              "members": int(masks.shape[0]), "layout": layout}
+    config_path = out / "config.json"
+    if resume and config_path.exists():
+        old = json.loads(config_path.read_text())
+        diff = sorted(_diff(old, json.loads(json.dumps(config, default=eio._json_default))))
+        if diff:
+            raise ValueError(f"{config_path}: cannot resume with a different configuration; "
+                             f"settings that differ: {', '.join(diff)}")
+    eio.write_json(config_path, config)
+    eio.save_npy(out / "subsets.npy", masks.astype(np.int32))
+    _save_data(out / "data.npz", train, test)
+    log(f"plan: {cfg.plan}, {masks.shape[0]} members, subset sizes "
+        f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
+
+    trainer = EnsembleTrainer(model_cfg, train_cfg)
+    result = trainer.fit(train, masks, checkpoint_dir=out / "checkpoints", resume=resume,
+                         progress=progress, log=log)
+    summary = write_results(out, result, train, test, layout, cfg.pck_radius)
+    summary["wall_s"] = time.perf_counter() - t0
+    eio.write_json(out / "summary.json", summary)
+    log(_describe(summary))
+    return summary
+
+
+def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
+                  test: KeypointDataset, layout: dict, pck_radius: float) -> dict:
+    from flax import serialization
+    eio.write_bytes(out / "params.msgpack", serialization.to_bytes(result.params))
+    eio.save_npz(out / "training.npz", losses=result.losses, aum_sum=result.aum_sum,
+                 aum_count=result.aum_count, alive=result.alive,
+                 diverged_at=result.diverged_at)
+    p_train, p_test = result.predict(train.images), result.predict(test.images)
+    eio.save_npz(
+        out / "predictions.npz",
+        train_keypoints=train.to_original(p_train.keypoints), train_confidences=p_train.confidences,
+        test_keypoints=test.to_original(p_test.keypoints), test_confidences=p_test.confidences,
+        train_labels=train.original_keypoints(), test_labels=test.original_keypoints(),
+        train_frame_ids=np.array(train.frame_ids), test_frame_ids=np.array(test.frame_ids),
+        bodyparts=np.array(list(train.bodyparts)))
+    ev = result.evaluate(train, test, pck_radius=pck_radius,
+                         predictions={"train": p_train, "test": p_test})
+    fracs = np.asarray(layout["member_fraction"])
+    seeds = np.asarray(layout["member_seed"])
+    per_fraction = {}
+    test_kp = p_test.keypoints
+    for f in np.unique(fracs):
+        sel = (fracs == f) & result.alive
+        if not sel.any():
+            continue
+        cons = consensus(test_kp[sel], p_test.confidences[sel])
+        err = metrics.pixel_errors(test.to_original(cons), test.original_keypoints())
+        per_fraction[f"{f:g}"] = {
+            "ensemble_test_mean_px": float(metrics.mean_error(err)),
+            "ensemble_test_rmse_px": float(metrics.rmse(err)),
+            "member_test_mean_px": [ev["members"][m]["test_mean_px"] for m in np.flatnonzero(sel)],
+            "members": np.flatnonzero(sel).tolist(),
+        }
+    summary = {
+        "members": result.n_members, "strategy": result.strategy,
+        "strategy_choice": result.timing["strategy"],
+        "steps_per_s": result.timing["steps_per_s"], "images_per_s": result.timing["images_per_s"],
+        "train_s": result.timing["train_s"], "setup_s": result.timing["setup_s"],
+        "units": "pixels of the original images",
+        "mean_pose_baseline_px": ev["mean_pose_baseline_px"],
+        "ensemble_test": ev["ensemble_test"], "per_fraction": per_fraction,
+        "members_detail": ev["members"],
+        "diverged_members": [{"member": int(m), "step": int(result.diverged_at[m])}
+                             for m in np.flatnonzero(~result.alive)],
+    }
+    member_err = np.array([r.get("test_mean_px", np.nan) for r in ev["members"]])
+    if len(per_fraction) > 1:
+        plots.learning_curve(out / "learning_curve.png", fracs, seeds, member_err,
+                             {float(k): v["ensemble_test_mean_px"] for k, v in per_fraction.items()},
+                             ev["mean_pose_baseline_px"])
+    return summary
+
+
+def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset) -> None:
+    arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
+    for name, d in (("train", train), ("test", test)):
+        arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
+                       f"{name}_frame_ids": np.array(d.frame_ids),
+                       f"{name}_letterbox": d.letterbox,
+                       f"{name}_original_sizes": d.original_sizes})
+        if d.noise_mask is not None:
+            arrays[f"{name}_noise_mask"] = d.noise_mask
+    eio.save_npz(path, **arrays)
+
+
+def load_split(run_dir: str | Path) -> tuple[KeypointDataset, KeypointDataset]:
+    """The (train, test) frames a run was trained and scored on, from `data.npz`."""
+    z = eio.load_npz(Path(run_dir) / "data.npz")
+    bp = [str(b) for b in z["bodyparts"]]
+    def ds(name):
+        return KeypointDataset(
+            images=z[f"{name}_images"], keypoints=z[f"{name}_keypoints"], bodyparts=bp,
+            frame_ids=[str(f) for f in z[f"{name}_frame_ids"]],
+            noise_mask=z.get(f"{name}_noise_mask"), letterbox=z[f"{name}_letterbox"],
+            original_sizes=z[f"{name}_original_sizes"], source=str(run_dir))
+    return ds("train"), ds("test")
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')} ({a!r} -> {b!r})"]
+
+
+def _describe(summary: dict) -> str:
+    lines = [f"trained {summary['members']} members with strategy '{summary['strategy']}' "
+             f"at {summary['images_per_s']:.0f} images/s"]
+    for f, row in summary["per_fraction"].items():
+        lines.append(f"  fraction {float(f):4.2f}: ensemble test error "
+                     f"{row['ensemble_test_mean_px']:.2f} px, members "
+                     f"{np.mean(row['member_test_mean_px']):.2f} px (mean)")
+    lines.append(f"  ensemble (all members): {summary['ensemble_test']['mean_px']:.2f} px; "
+                 f"predicting the mean pose: {summary['mean_pose_baseline_px']:.2f} px")
+    return "\n".join(lines)
