@@ -17,7 +17,7 @@ class TrainConfig:
     step (bootstrap counts weight the draw), so a batch larger than the smallest subset is
     allowed: it simply repeats frames.
     """
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 16
     learning_rate: float = 2e-3
     schedule: str = "cosine"
@@ -29,7 +29,8 @@ class TrainConfig:
     strategy: str = "auto"
     chunk_size: int = 50                  # steps between host visits (progress, checkpoints)
     steps_per_program: int = 0            # steps per compiled program; 0 = per backend
-    members_per_program: int = 16         # 'unrolled': members traced into one program
+    members_per_program: int = 4          # 'unrolled': members traced into one program (compile
+                                          # time grows with it; 2 cores gain little past 4)
     track_aum: bool = True
     aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
     checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
