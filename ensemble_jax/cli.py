@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    a = sub.add_parser("analyze", help="AUM, influence, MPE and spread of a run directory")
+    a.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -104,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(args.out, sweep, model, train, resume=args.resume,
                       progress=not args.quiet, log=log)
             log(f"wrote {Path(args.out).resolve()}")
+        elif args.command == "analyze":
+            from ensemble_jax.analysis.analyze import analyze, describe
+            result = analyze(args.run_dir, progress=not args.quiet, log=log)
+            print(describe(result), flush=True)
+            log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
         return 0
     except (ValueError, OSError, TypeError) as e:
         log(f"ensemble-jax {args.command}: error: {e}")

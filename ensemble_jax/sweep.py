@@ -4,6 +4,7 @@ The run directory is the contract between stages (see ARCHITECTURE.md):
   config.json        everything needed to reproduce the run
   subsets.npy        int32 [M, n_train] subset plan (counts; 0/1 for in/out plans)
   data.npz           the training/test frames at training resolution + labels + letterbox
+                     (+ train_threshold_mask: the AUM threshold samples)
   params.msgpack     final stacked parameters (flax serialization)
   training.npz       losses [steps, M], AUM sums/counts [M, n_train, K], alive, diverged_at
   predictions.npz    per-member keypoints/confidences on train and test frames
@@ -24,6 +25,7 @@ import numpy as np
 from ensemble_jax import io as eio
 from ensemble_jax import subsets as plans
 from ensemble_jax.analysis import metrics, plots
+from ensemble_jax.analysis.threshold import inject_threshold_samples
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.training.config import TrainConfig
@@ -49,11 +51,14 @@ class SweepConfig:
     fraction: float = 0.5             # random plan
     seed: int = 0
     pck_radius: float = 5.0
+    threshold_fraction: float = 0.05  # AUM threshold samples (training frames); 0 = none
 
     def __post_init__(self) -> None:
         if self.plan not in PLANS:
             raise ValueError(f"plan={self.plan!r}: unknown plan; choose one of {PLANS}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
+        if not 0.0 <= self.threshold_fraction < 1.0:
+            raise ValueError(f"threshold_fraction={self.threshold_fraction}: must be in [0, 1)")
 
 
 def load_data(cfg: SweepConfig) -> KeypointDataset:
@@ -97,6 +102,10 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
     t0 = time.perf_counter()
     data = dataset if dataset is not None else load_data(cfg)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
+    # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
+    kp, threshold_mask = inject_threshold_samples(
+        train.keypoints, train.images.shape[1:3], cfg.threshold_fraction, cfg.seed)
+    train = dataclasses.replace(train, keypoints=kp)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     masks, layout = make_plan(cfg, train.n_frames)
@@ -112,7 +121,7 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
                              f"settings that differ: {', '.join(diff)}")
     eio.write_json(config_path, config)
     eio.save_npy(out / "subsets.npy", masks.astype(np.int32))
-    _save_data(out / "data.npz", train, test)
+    _save_data(out / "data.npz", train, test, threshold_mask)
     log(f"plan: {cfg.plan}, {masks.shape[0]} members, subset sizes "
         f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
 
@@ -179,8 +188,11 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
     return summary
 
 
-def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset) -> None:
+def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset,
+               threshold_mask: np.ndarray | None = None) -> None:
     arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
+    if threshold_mask is not None:
+        arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
     for name, d in (("train", train), ("test", test)):
         arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
                        f"{name}_frame_ids": np.array(d.frame_ids),
@@ -202,6 +214,13 @@ def load_split(run_dir: str | Path) -> tuple[KeypointDataset, KeypointDataset]:
             noise_mask=z.get(f"{name}_noise_mask"), letterbox=z[f"{name}_letterbox"],
             original_sizes=z[f"{name}_original_sizes"], source=str(run_dir))
     return ds("train"), ds("test")
+
+
+def load_threshold_mask(run_dir: str | Path) -> np.ndarray | None:
+    """bool [n_train, K]: the AUM threshold samples of a run (`data.npz`), None if the run
+    has none recorded (runs from before threshold samples)."""
+    z = eio.load_npz(Path(run_dir) / "data.npz")
+    return z["train_threshold_mask"].astype(bool) if "train_threshold_mask" in z else None
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:

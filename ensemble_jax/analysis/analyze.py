@@ -1,0 +1,541 @@
+"""`analyze(run_dir)`: turns a run directory into data-quality tables and figures.
+
+Reads only the run directory (`config.json`, `subsets.npy`, `data.npz`, `params.msgpack`,
+`training.npz`, `summary.json` when present) and writes into it:
+
+  aum.csv          one row per labeled training (frame, keypoint): frame, keypoint, aum,
+                   n_members (alive members that saw it), flagged (aum < cut),
+                   n_members_flagged (alive members whose own cut flags it),
+                   threshold_sample, planted_noise (only when the data has a noise mask)
+  aum_members.npz  per member: aum [M, n, K], cut [M], flagged [M, n, K], alive [M]
+  mpe.csv          one row per train and test frame: frame_id, split, one column per
+                   keypoint (multi-peak entropy averaged over alive members), mpe_max,
+                   mpe_mean, representativeness
+  spread.csv       frame_id, split, one column per keypoint (ensemble spread of the alive
+                   members' predictions, original-image pixels), spread_max, spread_mean
+  influence.npz    subset influence of every training frame on every test frame for three
+                   per-member metrics (pixel_error, gt_confidence, gt_probability):
+                   <metric>_effect / _stderr [n, T], <metric>_values [M_alive, T];
+                   self_<metric>_effect / _stderr [n], self_<metric>_values [M_alive, n];
+                   n_in, n_out [n]; datamodel_weights [n, T], datamodel_bias [T],
+                   datamodel_l2 (ridge datamodel of the test pixel error);
+                   train_frame_ids, test_frame_ids, members (alive member indices)
+  analysis.json    the AUM cut and rule, counts flagged, ROC-AUC of AUM against planted
+                   noise (threshold samples excluded), top influence pairs and frames, top
+                   MPE frames, settings
+  influence_matrix.png, aum_histogram.png, top_mpe_frames.png, top_flagged_frames.png
+
+Per-member metrics come from one forward pass of each alive member over every frame:
+  pixel_error     mean over the frame's labeled keypoints of the Euclidean distance between
+                  the decoded prediction and the label, original-image pixels (lower = better)
+  gt_confidence   mean over keypoints of sigmoid(logit at the label pixel)   (`kernels`)
+  gt_probability  mean over keypoints of the softmax over the whole map at the label pixel
+  MPE             `multi_peak_entropy` of sigmoid(logits) (the scoremap), peaks above
+                  `MPE_THRESHOLD`, p_j = v_j / sum v (normalize="sum")
+  features        global-average-pooled ReLU output of the deepest encoder convolution
+                  (for `representativeness`: mean cosine similarity of a frame's centred
+                  features to the test frames, excluding itself, averaged over members)
+Diverged members (alive False in training.npz) are excluded from everything, with a
+warning.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ensemble_jax import io as eio
+from ensemble_jax import kernels
+from ensemble_jax.analysis import aum as aum_lib
+from ensemble_jax.analysis import figures, metrics
+from ensemble_jax.models.decode import decode_heatmaps
+from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
+from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.result import EnsembleResult
+
+METRICS = ("pixel_error", "gt_confidence", "gt_probability")
+METRIC_UNITS = {"pixel_error": "px (original image)", "gt_confidence": "probability",
+                "gt_probability": "probability"}
+MPE_WINDOW = 3
+MPE_THRESHOLD = 0.1
+MPE_NORMALIZE = "sum"
+DATAMODEL_L2 = 1.0
+TOP = 10
+
+
+# ----------------------------------------------------------------------- loading
+def _dataclass_from(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def load_result(run_dir: str | Path) -> EnsembleResult:
+    """Rebuilds the trained `EnsembleResult` of a run directory (parameters from
+    `params.msgpack`, configs from `config.json`, masks, AUM and liveness from
+    `subsets.npy` and `training.npz`)."""
+    from flax import serialization
+    run = Path(run_dir)
+    config = json.loads((run / "config.json").read_text())
+    mc = _dataclass_from(ModelConfig, config["model"])
+    tc = _dataclass_from(TrainConfig, config["train"])
+    data = eio.load_npz(run / "data.npz")
+    bodyparts = [str(b) for b in data["bodyparts"]]
+    image_shape = tuple(int(s) for s in data["train_images"].shape[1:])
+    masks = np.load(run / "subsets.npy")
+    training = eio.load_npz(run / "training.npz")
+    m = int(masks.shape[0])
+    model = HeatmapNet(mc, len(bodyparts))
+    # Shapes only (eval_shape traces, never compiles): the restore target.
+    single = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct((1,) + image_shape, jnp.uint8))
+    target = jax.tree_util.tree_map(lambda x: np.zeros((m,) + tuple(x.shape), x.dtype), single)
+    raw = (run / "params.msgpack").read_bytes()
+    try:
+        params = serialization.from_bytes(target, raw)
+    except Exception as e:
+        raise ValueError(f"{run / 'params.msgpack'}: cannot restore parameters for this "
+                         f"model and {m} members ({type(e).__name__}: {e})") from e
+    shapes = [(np.shape(a), np.shape(b)) for a, b in zip(
+        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))]
+    bad = [s for s in shapes if s[0] != s[1]]
+    if bad:
+        raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not match "
+                         f"the model of config.json ({bad[0][1]})")
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return EnsembleResult(
+        model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
+        bodyparts=bodyparts, image_shape=image_shape,
+        aum_sum=training["aum_sum"], aum_count=training["aum_count"],
+        losses=training["losses"], alive=training["alive"].astype(bool),
+        diverged_at=training["diverged_at"], strategy=str(summary.get("strategy", "unknown")),
+        timing={})
+
+
+# ----------------------------------------------------------------- forward pass
+def _feature_layer(mc: ModelConfig) -> str:
+    """Name of the deepest encoder convolution (HeatmapNet creates Conv_0 for the stem,
+    then 1 + convs_per_stage convolutions per stage, in order)."""
+    return f"Conv_{len(mc.widths) * (1 + mc.convs_per_stage)}"
+
+
+_PASSES: dict = {}
+
+
+def _member_pass_fn(mc: ModelConfig, k: int):
+    """Jitted (params, images [B,H,W,C], labels [B,K,2]) -> per-frame outputs of one member;
+    heatmaps never leave the function (memory stays O(frames), not O(frames * pixels))."""
+    key = (mc, k)
+    if key in _PASSES:
+        return _PASSES[key]
+    model = HeatmapNet(mc, k)
+    stride = mc.output_stride
+    layer = _feature_layer(mc)
+
+    def fn(params, x, labels):
+        logits, state = model.apply(
+            params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
+            mutable=["intermediates"])
+        feat = state["intermediates"][layer]["__call__"][0]          # [B, h, w, C]
+        feat = jax.nn.relu(feat.astype(jnp.float32)).mean((1, 2))
+        kp, conf = decode_heatmaps(logits, stride)
+        return {
+            "keypoints": kp, "confidences": conf, "features": feat,
+            "gt_confidence": kernels.gt_confidence(logits, labels, stride=stride),
+            "gt_probability": kernels.gt_probability(logits, labels, stride=stride),
+            "mpe": kernels.multi_peak_entropy(jax.nn.sigmoid(logits), window=MPE_WINDOW,
+                                              threshold=MPE_THRESHOLD,
+                                              normalize=MPE_NORMALIZE),
+        }
+
+    _PASSES[key] = jax.jit(fn)
+    return _PASSES[key]
+
+
+def member_outputs(result: EnsembleResult, members, images: np.ndarray, labels: np.ndarray,
+                   *, batch_size: int = 64, bar=None) -> dict[str, np.ndarray]:
+    """Stacked `[len(members), F, ...]` outputs of `_member_pass_fn` on `images`."""
+    fn = _member_pass_fn(result.model_config, len(result.bodyparts))
+    n = images.shape[0]
+    bs = max(1, min(batch_size, n))
+    per_member = []
+    for m in members:
+        p = result.member_params(int(m))
+        chunks = []
+        for lo in range(0, n, bs):
+            x, y = images[lo:lo + bs], labels[lo:lo + bs]
+            pad = bs - x.shape[0]
+            if pad:  # one batch shape: one compile
+                x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+                y = np.concatenate([y, np.repeat(y[-1:], pad, 0)])
+            out = jax.device_get(fn(p, x, y.astype(np.float32)))
+            chunks.append({k: np.asarray(v)[:bs - pad] for k, v in out.items()})
+        per_member.append({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
+        if bar is not None:
+            bar.update(1)
+    return {k: np.stack([d[k] for d in per_member]).astype(np.float32) for k in per_member[0]}
+
+
+# ---------------------------------------------------------------------- helpers
+def _frame_mean(x: np.ndarray) -> np.ndarray:
+    """nanmean over the last (keypoint) axis; NaN where every keypoint is NaN."""
+    x = np.asarray(x, np.float64)
+    ok = np.isfinite(x)
+    n = ok.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(ok, x, 0.0).sum(-1) / np.maximum(n, 1),
+                        np.nan).astype(np.float32)
+
+
+def _frame_max(x: np.ndarray) -> np.ndarray:
+    """nanmax over the last axis; NaN where every entry is NaN."""
+    x = np.asarray(x, np.float64)
+    ok = np.isfinite(x)
+    return np.where(ok.any(-1), np.where(ok, x, -np.inf).max(-1), np.nan).astype(np.float32)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(["" if (isinstance(v, float) and np.isnan(v)) else
+                    (f"{v:.6g}" if isinstance(v, float) else v) for v in r])
+    eio.write_text(path, buf.getvalue())
+
+
+def _f(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _top_pairs(effect, stderr, train_ids, test_ids, n, largest: bool) -> list[dict]:
+    e = np.where(np.isfinite(effect), effect, np.nan)
+    flat = e.ravel()
+    ok = np.flatnonzero(np.isfinite(flat))
+    if not ok.size:
+        return []
+    order = ok[np.argsort(flat[ok], kind="stable")]
+    order = order[::-1] if largest else order
+    out = []
+    for idx in order[:n]:
+        i, t = np.unravel_index(idx, e.shape)
+        if (flat[idx] > 0) != largest or flat[idx] == 0:
+            break
+        out.append({"train_frame": train_ids[i], "test_frame": test_ids[t],
+                    "train_index": int(i), "test_index": int(t),
+                    "effect": _f(effect[i, t]), "stderr": _f(stderr[i, t])})
+    return out
+
+
+def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list[dict]:
+    score = np.asarray(score, np.float64)
+    ok = np.flatnonzero(np.isfinite(score))
+    order = ok[np.argsort(score[ok], kind="stable")]
+    order = order[::-1] if largest else order
+    out = []
+    for i in order[:n]:
+        row = {"frame": ids[i], "index": int(i), "score": _f(score[i])}
+        for k, v in (extra or {}).items():
+            row[k] = _f(v[i]) if np.issubdtype(np.asarray(v).dtype, np.floating) else v[i]
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------- analyze
+def analyze(run_dir: str | Path, *, progress: bool = True,
+            log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
+            figures_enabled: bool = True) -> dict:
+    """Analyses a run directory (see the module docstring); returns analysis.json's dict."""
+    from ensemble_jax.sweep import load_split, load_threshold_mask
+    run = Path(run_dir)
+    for name in ("config.json", "subsets.npy", "data.npz", "params.msgpack", "training.npz"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run}: not a complete run directory ({name} is missing)")
+    t0 = time.perf_counter()
+    train, test = load_split(run)
+    thr = load_threshold_mask(run)
+    result = load_result(run)
+    n, k = train.n_frames, train.n_keypoints
+    masks = np.asarray(result.masks)
+    if masks.shape[1] != n:
+        raise ValueError(f"{run}: subsets.npy has {masks.shape[1]} frames, data.npz {n}")
+    alive = np.asarray(result.alive, bool)
+    for m in np.flatnonzero(~alive):
+        log(f"warning: member {m} diverged at step {int(result.diverged_at[m])}; it is "
+            f"excluded from AUM, influence, MPE and spread")
+    members = np.flatnonzero(alive)
+    if not members.size:
+        raise ValueError(f"{run}: every member diverged; nothing to analyse")
+    noise = train.noise_mask
+
+    # ---------------- AUM
+    rep = aum_lib.aum_report(result.aum_sum, result.aum_count, alive, thr)
+    labeled = train.labeled
+    thr_mask = np.zeros((n, k), bool) if thr is None else thr
+    rows = []
+    for i in range(n):
+        for j in range(k):
+            if not labeled[i, j]:
+                continue
+            row = [train.frame_ids[i], train.bodyparts[j], float(rep.aum[i, j]),
+                   int(rep.n_members[i, j]), int(rep.flagged[i, j]),
+                   int(rep.n_members_flagged[i, j]), int(thr_mask[i, j])]
+            if noise is not None:
+                row.append(int(noise[i, j]))
+            rows.append(row)
+    header = ["frame", "keypoint", "aum", "n_members", "flagged", "n_members_flagged",
+              "threshold_sample"] + (["planted_noise"] if noise is not None else [])
+    _write_csv(run / "aum.csv", header, rows)
+    eio.save_npz(run / "aum_members.npz", aum=rep.member_aum, cut=rep.member_cut,
+                 flagged=rep.member_flagged, alive=alive)
+    real = labeled & ~thr_mask                               # labels that are not probes
+    aum_info: dict[str, Any] = {
+        "cut": rep.cut, "rule": rep.rule, "percentile": aum_lib.PERCENTILE,
+        "units": "logits (heatmap margin: label pixel minus best pixel farther than "
+                 f"{result.train_config.aum_radius:g} heatmap px)",
+        "n_labels": int(real.sum()), "n_threshold_samples": int(thr_mask.sum()),
+        "n_labels_without_aum": int((real & ~np.isfinite(rep.aum)).sum()),
+        "n_flagged": int((rep.flagged & real).sum()),
+        "n_threshold_samples_flagged": int((rep.flagged & thr_mask).sum()),
+    }
+    if noise is not None:
+        scored = real & np.isfinite(rep.aum)
+        planted = noise & real
+        aum_info["n_planted_noise"] = int(planted.sum())
+        aum_info["roc_auc_vs_planted_noise"] = _f(aum_lib.roc_auc(-rep.aum[scored],
+                                                                   planted[scored]))
+        tp = int((rep.flagged & planted).sum())
+        aum_info["flagged_planted_noise"] = tp
+        aum_info["precision"] = _f(tp / aum_info["n_flagged"]) if aum_info["n_flagged"] else None
+        aum_info["recall"] = _f(tp / planted.sum()) if planted.any() else None
+    per_member = []
+    for m in range(result.n_members):
+        entry = {"member": m, "alive": bool(alive[m]), "cut": _f(rep.member_cut[m]),
+                 "rule": rep.member_rule[m],
+                 "n_flagged": int((rep.member_flagged[m] & real).sum())}
+        if noise is not None and alive[m]:
+            a = rep.member_aum[m]
+            sc = real & np.isfinite(a)
+            entry["roc_auc_vs_planted_noise"] = _f(aum_lib.roc_auc(-a[sc], noise[sc]))
+        per_member.append(entry)
+    aum_info["members"] = per_member
+    cand = np.argwhere(real & np.isfinite(rep.aum))
+    order = np.argsort(rep.aum[cand[:, 0], cand[:, 1]], kind="stable")
+    aum_info["top_flagged"] = [
+        {"frame": train.frame_ids[i], "keypoint": train.bodyparts[j],
+         "aum": _f(rep.aum[i, j]), "flagged": bool(rep.flagged[i, j]),
+         **({"planted_noise": bool(noise[i, j])} if noise is not None else {})}
+        for i, j in cand[order[:top]]]
+    log(f"AUM: cut {rep.cut:.3f} ({rep.rule}); {aum_info['n_flagged']} of "
+        f"{aum_info['n_labels']} labels flagged"
+        + (f"; ROC-AUC vs planted noise {aum_info['roc_auc_vs_planted_noise']:.3f}"
+           if aum_info.get("roc_auc_vs_planted_noise") is not None else ""))
+
+    # ---------------- forward passes of the alive members
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=2 * members.size, unit="member-pass", desc="analysing members",
+                   dynamic_ncols=True)
+    out_tr = member_outputs(result, members, train.images, train.keypoints,
+                            batch_size=batch_size, bar=bar)
+    out_te = member_outputs(result, members, test.images, test.keypoints,
+                            batch_size=batch_size, bar=bar)
+    if bar is not None:
+        bar.close()
+
+    # ---------------- influence
+    def per_frame(out, ds):
+        err = metrics.pixel_errors(ds.to_original(out["keypoints"]), ds.original_keypoints())
+        return {"pixel_error": _frame_mean(err),
+                "gt_confidence": _frame_mean(out["gt_confidence"]),
+                "gt_probability": _frame_mean(out["gt_probability"])}
+    v_tr, v_te = per_frame(out_tr, train), per_frame(out_te, test)
+    m_alive = masks[members] > 0
+    arrays: dict[str, Any] = {
+        "train_frame_ids": np.array(train.frame_ids), "test_frame_ids": np.array(test.frame_ids),
+        "members": members.astype(np.int32), "metrics": np.array(METRICS)}
+    for name in METRICS:
+        inf = kernels.subset_influence(m_alive, v_te[name])
+        self_inf = kernels.self_influence(m_alive, v_tr[name])
+        arrays.update({f"{name}_effect": np.asarray(inf.effect),
+                       f"{name}_stderr": np.asarray(inf.stderr),
+                       f"{name}_values": v_te[name],
+                       f"self_{name}_effect": np.asarray(self_inf.effect),
+                       f"self_{name}_stderr": np.asarray(self_inf.stderr),
+                       f"self_{name}_values": v_tr[name]})
+        arrays["n_in"], arrays["n_out"] = np.asarray(inf.n_in), np.asarray(inf.n_out)
+    w, b = kernels.ridge_datamodel(m_alive, v_te["pixel_error"], l2=DATAMODEL_L2)
+    arrays.update(datamodel_weights=np.asarray(w), datamodel_bias=np.asarray(b),
+                  datamodel_l2=np.float32(DATAMODEL_L2))
+    eio.save_npz(run / "influence.npz", **arrays)
+    eff = arrays["pixel_error_effect"]
+    se = arrays["pixel_error_stderr"]
+    ids_tr, ids_te = list(train.frame_ids), list(test.frame_ids)
+    frame_effect = _frame_mean(eff)                          # mean over test frames [n]
+    self_err = arrays["self_pixel_error_effect"]
+    influence_info = {
+        "metric": "pixel_error", "units": METRIC_UNITS["pixel_error"],
+        "definition": "effect[i, t] = mean test error of frame t over members whose subset "
+                      "holds training frame i minus the mean over members without it "
+                      "(> 0: frame i hurts frame t)",
+        "n_members": int(members.size), "datamodel_l2": DATAMODEL_L2,
+        "top_harmful_pairs": _top_pairs(eff, se, ids_tr, ids_te, top, largest=True),
+        "top_helpful_pairs": _top_pairs(eff, se, ids_tr, ids_te, top, largest=False),
+        "top_harmful_train_frames": [
+            r for r in _top_frames(frame_effect, ids_tr, top, largest=True)
+            if r["score"] is not None and r["score"] > 0],
+        "top_helpful_train_frames": [
+            r for r in _top_frames(frame_effect, ids_tr, top, largest=False)
+            if r["score"] is not None and r["score"] < 0],
+        "top_memorized_train_frames": [
+            r for r in _top_frames(self_err, ids_tr, top, largest=False)
+            if r["score"] is not None and r["score"] < 0],
+        "train_frame_score": "mean effect over test frames (px)",
+        "memorization_score": "self-influence on the frame's own pixel error (px; more "
+                              "negative = the frame is fitted only when trained on)",
+    }
+
+    # ---------------- MPE, spread, representativeness
+    mpe = np.concatenate([out_tr["mpe"], out_te["mpe"]], axis=1)            # [Ma, F, K]
+    mpe_kp = _frame_mean(np.moveaxis(mpe, 0, -1))                              # [F, K]
+    mpe_max = np.asarray(kernels.frame_mpe(jnp.asarray(mpe_kp), reduce="max"))
+    mpe_mean = np.asarray(kernels.frame_mpe(jnp.asarray(mpe_kp), reduce="mean"))
+    feats = np.concatenate([out_tr["features"], out_te["features"]], axis=1)  # [Ma, F, D]
+    is_test = np.r_[np.zeros(n, bool), np.ones(test.n_frames, bool)]
+    # Features are centred per member (ReLU features are all >= 0, so raw cosines all sit
+    # near 1); the cosine of centred features is the correlation across channels.
+    rep_m = np.stack([np.asarray(kernels.representativeness(
+        jnp.asarray(f - f.mean(0, keepdims=True)), jnp.asarray(is_test))) for f in feats])
+    represent = _frame_mean(rep_m.T)                                         # over members
+    kp_orig = np.concatenate([train.to_original(out_tr["keypoints"]),
+                              test.to_original(out_te["keypoints"])], axis=1)
+    spread = np.asarray(kernels.ensemble_spread(jnp.asarray(kp_orig, jnp.float32)))  # [F, K]
+    ids_all = ids_tr + ids_te
+    split = ["train"] * n + ["test"] * test.n_frames
+    bps = list(train.bodyparts)
+    _write_csv(run / "mpe.csv", ["frame_id", "split"] + bps + ["mpe_max", "mpe_mean",
+                                                               "representativeness"],
+               [[ids_all[f], split[f]] + [float(v) for v in mpe_kp[f]]
+                + [float(mpe_max[f]), float(mpe_mean[f]), float(represent[f])]
+                for f in range(len(ids_all))])
+    spread_max = _frame_max(spread)
+    spread_mean = _frame_mean(spread)
+    _write_csv(run / "spread.csv", ["frame_id", "split"] + bps + ["spread_max", "spread_mean"],
+               [[ids_all[f], split[f]] + [float(v) for v in spread[f]]
+                + [float(spread_max[f]), float(spread_mean[f])] for f in range(len(ids_all))])
+    mpe_info = {
+        "settings": {"on": "sigmoid(logits)", "window": MPE_WINDOW,
+                     "threshold": MPE_THRESHOLD, "normalize": MPE_NORMALIZE,
+                     "members": "mean over alive members", "units": "nats"},
+        "top_frames": _top_frames(mpe_max, ids_all, top, largest=True,
+                                  extra={"split": np.array(split), "mpe_mean": mpe_mean}),
+    }
+    spread_info = {"units": "px (original image)",
+                   "top_frames": _top_frames(spread_max, ids_all, top, largest=True,
+                                             extra={"split": np.array(split)})}
+    represent_info = {
+        "definition": "mean cosine similarity of a frame's encoder features (GAP of the "
+                      "deepest encoder conv, centred over all frames) to the test frames "
+                      "(itself excluded), mean over alive members",
+        "least_representative_test_frames": _top_frames(
+            np.where(is_test, represent, np.nan), ids_all, top, largest=False)}
+
+    # ---------------- figures
+    written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz"]
+    if figures_enabled:
+        figures.influence_matrix(run / "influence_matrix.png", eff,
+                                 units="px", metric="mean pixel error")
+        figures.aum_histogram(run / "aum_histogram.png", np.where(labeled, rep.aum, np.nan),
+                              rep.cut, rep.rule, threshold_mask=thr_mask if thr is not None
+                              else None, noise_mask=noise)
+        kp_all = np.concatenate([out_tr["keypoints"], out_te["keypoints"]], axis=1)
+        images_all = np.concatenate([train.images, test.images])
+        labels_all = np.concatenate([train.keypoints, test.keypoints])
+        sel = [r["index"] for r in mpe_info["top_frames"][:8]]
+        if sel:
+            figures.frame_grid(
+                run / "top_mpe_frames.png", images_all[sel], labels_all[sel], kp_all[:, sel],
+                [f"{split[f]} {ids_all[f].split('/')[-1]}\nMPE max {mpe_max[f]:.2f} nats"
+                 for f in sel], bps,
+                title="Frames with the highest multi-peak entropy (worst keypoint, "
+                      f"mean over {members.size} members)")
+        frames_sel: list[int] = []
+        for i, _ in cand[order]:
+            if int(i) not in frames_sel:
+                frames_sel.append(int(i))
+            if len(frames_sel) == 8:
+                break
+        if frames_sel:
+            any_flag = bool((rep.flagged & real).any())
+            hl = (rep.flagged & real)[frames_sel]
+            titles = []
+            for i in frames_sel:
+                a = np.where(real[i], rep.aum[i], np.nan)
+                j = int(np.nanargmin(a))
+                tag = " (planted noise)" if noise is not None and noise[i, j] else ""
+                titles.append(f"{train.frame_ids[i].split('/')[-1]}\n{bps[j]}: AUM "
+                              f"{rep.aum[i, j]:.2f}{tag}")
+            figures.frame_grid(
+                run / "top_flagged_frames.png", train.images[frames_sel],
+                train.keypoints[frames_sel], out_tr["keypoints"][:, frames_sel], titles, bps,
+                title=("Training frames with the lowest-AUM labels (flagged: circled red)"
+                       if any_flag else "Training frames with the lowest-AUM labels "
+                       "(none below the cut)"),
+                highlight=hl, highlight_name=f"flagged (AUM < {rep.cut:.2f})")
+        written += [p for p in ("influence_matrix.png", "aum_histogram.png",
+                                "top_mpe_frames.png", "top_flagged_frames.png")
+                    if (run / p).exists()]
+
+    analysis = {
+        "run_dir": str(run.resolve()), "members": result.n_members,
+        "alive_members": members.tolist(),
+        "diverged_members": np.flatnonzero(~alive).tolist(),
+        "n_train": n, "n_test": test.n_frames, "bodyparts": bps,
+        "aum": aum_info, "influence": influence_info, "mpe": mpe_info, "spread": spread_info,
+        "representativeness": represent_info,
+        "files": written + ["analysis.json"], "wall_s": time.perf_counter() - t0,
+    }
+    eio.write_json(run / "analysis.json", analysis)
+    return analysis
+
+
+def describe(analysis: dict, n: int = 3) -> str:
+    """A short findings summary of `analyze`'s result (what the CLI prints)."""
+    a = analysis["aum"]
+    lines = [f"AUM: {a['n_flagged']} of {a['n_labels']} labels flagged ({a['rule']}, "
+             f"cut {a['cut']:.3f})"]
+    if a.get("roc_auc_vs_planted_noise") is not None:
+        lines.append(f"  planted label noise: {a['n_planted_noise']} labels, ROC-AUC of AUM "
+                     f"{a['roc_auc_vs_planted_noise']:.3f}, {a['flagged_planted_noise']} of "
+                     f"them flagged")
+    for r in a["top_flagged"][:n]:
+        if r["flagged"]:
+            lines.append(f"  flagged: {r['frame']} {r['keypoint']} (AUM {r['aum']:.2f})")
+    inf = analysis["influence"]
+    for key, word in (("top_harmful_train_frames", "harmful"),
+                      ("top_helpful_train_frames", "helpful")):
+        rows = inf[key][:n]
+        if rows:
+            lines.append(f"most {word} training frames (mean change in test error): " +
+                         ", ".join(f"{r['frame']} ({r['score']:+.2f} px)" for r in rows))
+        else:
+            lines.append(f"most {word} training frames: none (no training frame with a "
+                         f"defined effect {'raised' if word == 'harmful' else 'lowered'} the "
+                         f"mean test error; {inf['n_members']} members)")
+    top_mpe = analysis["mpe"]["top_frames"][:n]
+    if top_mpe:
+        lines.append("highest multi-peak entropy: " + ", ".join(
+            f"{r['frame']} [{r['split']}] ({r['score']:.2f})" for r in top_mpe))
+    if analysis["diverged_members"]:
+        lines.append(f"diverged members excluded: {analysis['diverged_members']}")
+    return "\n".join(lines)

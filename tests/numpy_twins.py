@@ -1,0 +1,276 @@
+"""Plain NumPy twins of ensemble_jax.kernels, written from the definitions, not the code.
+
+Loops over every element, float64 throughout, no cleverness: slow and obviously right.
+Each twin takes and returns NumPy arrays with the same shapes as its kernel.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------- peaks
+def find_peaks(heatmaps, window=3, threshold=0.0):
+    hm = np.asarray(heatmaps, np.float64)
+    *lead, H, W = hm.shape
+    r = window // 2
+    out = np.zeros(hm.shape, bool)
+    for idx in np.ndindex(*lead):
+        m = hm[idx]
+        for y in range(H):
+            for x in range(W):
+                v = m[y, x]
+                if math.isnan(v) or not v > threshold:
+                    continue
+                is_peak = True
+                for yy in range(max(0, y - r), min(H, y + r + 1)):
+                    for xx in range(max(0, x - r), min(W, x + r + 1)):
+                        u = m[yy, xx]
+                        if not math.isnan(u) and u > v:
+                            is_peak = False
+                out[idx + (y, x)] = is_peak
+    return out
+
+
+def multi_peak_entropy(heatmaps, window=3, threshold=0.0, normalize="softmax"):
+    hm = np.asarray(heatmaps, np.float64)
+    *lead, H, W = hm.shape
+    peaks = find_peaks(hm, window, threshold)
+    out = np.zeros(tuple(lead))
+    for idx in np.ndindex(*lead):
+        if np.isnan(hm[idx]).any():
+            out[idx] = np.nan
+            continue
+        v = [hm[idx + (y, x)] for y in range(H) for x in range(W) if peaks[idx + (y, x)]]
+        if len(v) < 2:
+            out[idx] = 0.0
+            continue
+        if normalize == "softmax":
+            top = max(v)
+            e = [math.exp(a - top) for a in v]
+            p = [a / sum(e) for a in e]
+        else:
+            p = [a / sum(v) for a in v]
+        out[idx] = -sum(q * math.log(q) for q in p if q > 0)
+    return out
+
+
+def frame_mpe(mpe, reduce="max"):
+    mpe = np.asarray(mpe, np.float64)
+    *lead, K = mpe.shape
+    out = np.zeros(tuple(lead))
+    for idx in np.ndindex(*lead):
+        vals = [a for a in mpe[idx] if not math.isnan(a)]
+        if not vals:
+            out[idx] = np.nan
+        else:
+            out[idx] = max(vals) if reduce == "max" else sum(vals) / len(vals)
+    return out
+
+
+# ----------------------------------------------------------------------------- margins
+def _label_pixel(x, y, stride, h, w):
+    u = (x - (stride - 1) / 2.0) / stride
+    v = (y - (stride - 1) / 2.0) / stride
+    col = min(max(int(round(u)), 0), w - 1)          # Python round: half to even
+    row = min(max(int(round(v)), 0), h - 1)
+    return row, col
+
+
+def heatmap_margin(heatmaps, keypoints_xy, stride, radius):
+    hm = np.asarray(heatmaps, np.float64)
+    kp = np.asarray(keypoints_xy, np.float64)
+    *lead, h, w = hm.shape
+    out = np.full(tuple(lead), np.nan)
+    for idx in np.ndindex(*lead):
+        x, y = kp[idx]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        row, col = _label_pixel(x, y, stride, h, w)
+        best = -math.inf
+        found = False
+        for r in range(h):
+            for c in range(w):
+                if math.sqrt((r - row) ** 2 + (c - col) ** 2) > radius:
+                    found = True
+                    best = max(best, hm[idx + (r, c)])
+        if found:
+            out[idx] = hm[idx + (row, col)] - best
+    return out
+
+
+def gt_probability(heatmaps, keypoints_xy, stride):
+    hm = np.asarray(heatmaps, np.float64)
+    kp = np.asarray(keypoints_xy, np.float64)
+    *lead, h, w = hm.shape
+    out = np.full(tuple(lead), np.nan)
+    for idx in np.ndindex(*lead):
+        x, y = kp[idx]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        row, col = _label_pixel(x, y, stride, h, w)
+        m = hm[idx]
+        top = m.max()
+        z = sum(math.exp(m[r, c] - top) for r in range(h) for c in range(w))
+        out[idx] = math.exp(m[row, col] - top) / z
+    return out
+
+
+def gt_confidence(heatmaps, keypoints_xy, stride):
+    hm = np.asarray(heatmaps, np.float64)
+    kp = np.asarray(keypoints_xy, np.float64)
+    *lead, h, w = hm.shape
+    out = np.full(tuple(lead), np.nan)
+    for idx in np.ndindex(*lead):
+        x, y = kp[idx]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        row, col = _label_pixel(x, y, stride, h, w)
+        out[idx] = 1.0 / (1.0 + math.exp(-hm[idx + (row, col)]))
+    return out
+
+
+# ----------------------------------------------------------------------------- influence
+def _group_stats(vals):
+    """-> (mean, sample variance) of a list; NaN where undefined."""
+    n = len(vals)
+    mean = sum(vals) / n if n > 0 else np.nan
+    var = sum((a - mean) ** 2 for a in vals) / (n - 1) if n > 1 else np.nan
+    return mean, var, n
+
+
+def _effect(in_vals, out_vals):
+    m_in, v_in, c_in = _group_stats(in_vals)
+    m_out, v_out, c_out = _group_stats(out_vals)
+    effect = m_in - m_out if (c_in > 0 and c_out > 0) else np.nan
+    se = math.sqrt(v_in / c_in + v_out / c_out) if (c_in > 1 and c_out > 1) else np.nan
+    return effect, se
+
+
+def subset_influence(masks, values):
+    """-> (effect [n, T], stderr [n, T], n_in [n], n_out [n])."""
+    masks = np.asarray(masks)
+    values = np.asarray(values, np.float64)
+    M, n = masks.shape
+    T = values.shape[1]
+    effect = np.full((n, T), np.nan)
+    stderr = np.full((n, T), np.nan)
+    n_in = np.zeros(n, int)
+    for i in range(n):
+        members_in = [m for m in range(M) if masks[m, i] > 0]
+        n_in[i] = len(members_in)
+        for t in range(T):
+            in_vals = [values[m, t] for m in range(M)
+                       if masks[m, i] > 0 and not math.isnan(values[m, t])]
+            out_vals = [values[m, t] for m in range(M)
+                        if not masks[m, i] > 0 and not math.isnan(values[m, t])]
+            effect[i, t], stderr[i, t] = _effect(in_vals, out_vals)
+    return effect, stderr, n_in, M - n_in
+
+
+def self_influence(masks, values_per_frame):
+    """-> (effect [n], stderr [n], n_in [n], n_out [n])."""
+    masks = np.asarray(masks)
+    values = np.asarray(values_per_frame, np.float64)
+    M, n = masks.shape
+    effect = np.full(n, np.nan)
+    stderr = np.full(n, np.nan)
+    n_in = np.zeros(n, int)
+    for i in range(n):
+        n_in[i] = sum(1 for m in range(M) if masks[m, i] > 0)
+        in_vals = [values[m, i] for m in range(M)
+                   if masks[m, i] > 0 and not math.isnan(values[m, i])]
+        out_vals = [values[m, i] for m in range(M)
+                    if not masks[m, i] > 0 and not math.isnan(values[m, i])]
+        effect[i], stderr[i] = _effect(in_vals, out_vals)
+    return effect, stderr, n_in, M - n_in
+
+
+# ----------------------------------------------------------------------------- datamodel
+def ridge_datamodel(masks, values, l2=1e-2):
+    """Each column separately, as an augmented least-squares problem (an independent route
+    to the same minimiser of ||y - b - X w||^2 + l2 ||w||^2, intercept unpenalised)."""
+    X = (np.asarray(masks) > 0).astype(np.float64)
+    values = np.asarray(values, np.float64)
+    M, n = X.shape
+    T = values.shape[1]
+    weights = np.zeros((n, T))
+    bias = np.full(T, np.nan)
+    for t in range(T):
+        y = values[:, t].copy()
+        ok = ~np.isnan(y)
+        if not ok.any():
+            continue
+        y[~ok] = y[ok].mean()
+        # Unknowns [b, w]; rows: data, then sqrt(l2) * w = 0.
+        A = np.zeros((M + n, n + 1))
+        A[:M, 0] = 1.0
+        A[:M, 1:] = X
+        A[M:, 1:] = math.sqrt(l2) * np.eye(n)
+        rhs = np.concatenate([y, np.zeros(n)])
+        sol = np.linalg.lstsq(A, rhs, rcond=None)[0]
+        bias[t], weights[:, t] = sol[0], sol[1:]
+    return weights, bias
+
+
+# ----------------------------------------------------------------------------- representativeness
+def representativeness(features, pool_mask=None):
+    f = np.asarray(features, np.float64)
+    N = f.shape[0]
+    pool = np.ones(N, bool) if pool_mask is None else np.asarray(pool_mask, bool)
+    ok = [bool(np.isfinite(f[i]).all()) for i in range(N)]
+
+    def cos(a, b):
+        na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+        if na == 0 or nb == 0:
+            return 0.0
+        return sum(x * y for x, y in zip(a, b)) / (na * nb)
+
+    out = np.full(N, np.nan)
+    for i in range(N):
+        if not ok[i]:
+            continue
+        sims = [cos(f[i], f[j]) for j in range(N) if j != i and pool[j] and ok[j]]
+        if sims:
+            out[i] = sum(sims) / len(sims)
+    return out
+
+
+# ----------------------------------------------------------------------------- spread
+def ensemble_spread(keypoints):
+    kp = np.asarray(keypoints, np.float64)
+    M, F, K, _ = kp.shape
+    out = np.full((F, K), np.nan)
+    for f in range(F):
+        for k in range(K):
+            pts = [kp[m, f, k] for m in range(M) if np.isfinite(kp[m, f, k]).all()]
+            if not pts:
+                continue
+            mx = sum(p[0] for p in pts) / len(pts)
+            my = sum(p[1] for p in pts) / len(pts)
+            var = sum((p[0] - mx) ** 2 + (p[1] - my) ** 2 for p in pts) / len(pts)
+            out[f, k] = math.sqrt(var)
+    return out
+
+
+def consensus(keypoints, confidences=None, method="weighted_mean"):
+    kp = np.asarray(keypoints, np.float64)
+    M, F, K, _ = kp.shape
+    out = np.full((F, K, 2), np.nan)
+    for f in range(F):
+        for k in range(K):
+            if method == "median":
+                pts = [kp[m, f, k] for m in range(M) if np.isfinite(kp[m, f, k]).all()]
+                if pts:
+                    out[f, k] = [np.median([p[0] for p in pts]), np.median([p[1] for p in pts])]
+                continue
+            num, den = np.zeros(2), 0.0
+            for m in range(M):
+                c = float(confidences[m, f, k])
+                if np.isfinite(kp[m, f, k]).all() and math.isfinite(c) and c > 0:
+                    num += c * kp[m, f, k]
+                    den += c
+            if den > 0:
+                out[f, k] = num / den
+    return out
