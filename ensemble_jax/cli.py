@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="AUM, influence, MPE and spread of a run directory")
     a.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("report", help="assemble RUN_DIR/report.html from the studies' sections")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="folder holding study sections")
+    r.add_argument("--title", default=None)
     return p
 
 
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             result = analyze(args.run_dir, progress=not args.quiet, log=log)
             print(describe(result), flush=True)
             log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
+        elif args.command == "report":
+            from ensemble_jax.analysis.report import build_report
+            print(build_report(args.run_dir, title=args.title), flush=True)
         return 0
     except (ValueError, OSError, TypeError) as e:
         log(f"ensemble-jax {args.command}: error: {e}")

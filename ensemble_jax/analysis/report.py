@@ -1,0 +1,125 @@
+"""A self-contained HTML report assembled from study sections.
+
+Each study writes, in its own folder `RUN_DIR/<study>/`, its numbers, its figures (PNG)
+and a `section.json` (see `write_section`). `build_report(RUN_DIR)` gathers every
+`RUN_DIR/*/section.json` (and `RUN_DIR/section.json`), orders them, embeds the figures as
+base64 data URIs and writes `RUN_DIR/report.html` atomically: one file that opens in any
+browser with nothing beside it. The text of a section is written by the study from its
+computed numbers; this module only lays it out.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from ensemble_jax import io as eio
+
+SECTION_FILE = "section.json"
+
+
+def write_section(folder: str | Path, *, title: str, paragraphs: Sequence[str],
+                  figures: Sequence[tuple[str, str]] = (),
+                  tables: Sequence[dict[str, Any]] = (), order: int = 100) -> Path:
+    """Writes `folder/section.json`.
+
+    paragraphs: the findings, as plain text (computed from the numbers by the caller).
+    figures: (file name relative to `folder`, caption) pairs; each file must exist.
+    tables: dicts {"caption": str, "columns": [str], "rows": [[value, ...]]}.
+    order: sections are sorted by (order, title).
+    """
+    folder = Path(folder)
+    for name, _ in figures:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"write_section: figure {folder / name} does not exist")
+    for i, t in enumerate(tables):
+        missing = {"caption", "columns", "rows"} - set(t)
+        if missing:
+            raise ValueError(f"write_section: table {i} lacks {sorted(missing)}")
+        for r, row in enumerate(t["rows"]):
+            if len(row) != len(t["columns"]):
+                raise ValueError(f"write_section: table {i} ({t['caption']!r}) row {r} has "
+                                 f"{len(row)} cells for {len(t['columns'])} columns")
+    path = folder / SECTION_FILE
+    eio.write_json(path, {"title": title, "order": int(order), "paragraphs": list(paragraphs),
+                          "figures": [{"file": f, "caption": c} for f, c in figures],
+                          "tables": list(tables)})
+    return path
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "&ndash;"
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _section_html(folder: Path, sec: dict) -> str:
+    out = [f"<section><h2>{html.escape(sec['title'])}</h2>"]
+    for p in sec.get("paragraphs", []):
+        out.append(f"<p>{html.escape(p)}</p>")
+    for t in sec.get("tables", []):
+        out.append(f"<table><caption>{html.escape(t['caption'])}</caption><tr>"
+                   + "".join(f"<th>{html.escape(str(c))}</th>" for c in t["columns"]) + "</tr>")
+        for row in t["rows"]:
+            out.append("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>")
+        out.append("</table>")
+    for fig in sec.get("figures", []):
+        path = folder / fig["file"]
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"report: figure {path} is empty")
+        mime = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+        b64 = base64.b64encode(data).decode("ascii")
+        out.append(f'<figure><img alt="{html.escape(fig["caption"])}" '
+                   f'src="data:{mime};base64,{b64}"/>'
+                   f"<figcaption>{html.escape(fig['caption'])}</figcaption></figure>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{font-size:.9em;
+color:#555}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
+padding:.25em .6em;text-align:right}caption{text-align:left;font-weight:600;padding:.3em 0}"""
+
+
+def find_sections(run_dir: str | Path) -> list[tuple[Path, dict]]:
+    run_dir = Path(run_dir)
+    paths = sorted(run_dir.glob(f"*/{SECTION_FILE}"))
+    if (run_dir / SECTION_FILE).is_file():
+        paths.insert(0, run_dir / SECTION_FILE)
+    sections = []
+    for p in paths:
+        try:
+            sec = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"report: {p} is not a readable section ({e})") from e
+        if "title" not in sec:
+            raise ValueError(f"report: {p} has no 'title'")
+        sections.append((p.parent, sec))
+    sections.sort(key=lambda s: (s[1].get("order", 100), s[1]["title"]))
+    return sections
+
+
+def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
+    """Writes RUN_DIR/report.html from every section found; returns its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"report: {run_dir} is not a directory")
+    sections = find_sections(run_dir)
+    if not sections:
+        raise ValueError(f"report: no {SECTION_FILE} under {run_dir} (run a study first)")
+    title = title or f"ensemble-jax report: {run_dir.name}"
+    body = "\n".join(_section_html(folder, sec) for folder, sec in sections)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>\n"
+            f"{body}\n</body></html>\n")
+    path = run_dir / "report.html"
+    eio.write_text(path, page)
+    return path
