@@ -16,7 +16,8 @@ def _enable_compile_cache() -> None:
         os.path.expanduser("~"), ".cache", "ensemble_jax", "xla")
     try:
         jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(
+            os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
     except Exception:  # an unknown option on some jax version is no reason to stop
         pass
 
@@ -33,6 +34,18 @@ def _ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def _bytes(text: str) -> int:
+    units = {"k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "t": 2 ** 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 800M or 12G, "
+                                         f"got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=None, help="nested plan: seeds per fraction")
     s.add_argument("--members", type=int, default=None, help="random/bootstrap/kfold members")
     s.add_argument("--fraction", type=float, default=None, help="random plan: subset fraction")
+    s.add_argument("--allow-duplicates", action="store_true", default=None,
+                   help="random plan: members may draw the same subset (needed when asking "
+                        "for more members than there are distinct subsets)")
     s.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
     s.add_argument("--noise-rate", type=float, default=None, help="synthetic planted label noise")
     s.add_argument("--test-fraction", type=float, default=None)
@@ -66,6 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = s.add_argument_group("several devices and hosts (results equal a one-device run's)")
+    g.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="devices per process to shard the members over (default: all)")
+    g.add_argument("--members-per-wave", type=int, default=None, metavar="W",
+                   help="train the members in waves of at most W (default: as many as fit "
+                        "the memory budget)")
+    g.add_argument("--memory-budget", type=_bytes, default=None, metavar="BYTES",
+                   help="device memory per device for the wave plan, e.g. 12G or 800M "
+                        "(default: the device's own limit where it reports one)")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: process 0's address (or JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, default=None,
+                   help="multi-host: number of processes (or JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=None,
+                   help="multi-host: this process's index (or JAX_PROCESS_ID)")
 
     a = sub.add_parser("analyze", help="AUM, influence, MPE and spread of a run directory")
     a.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
@@ -92,7 +123,8 @@ def sweep_configs(args: argparse.Namespace):
         data=args.data, format=args.format, image_size=args.image_size, plan=args.plan,
         fractions=args.fractions, n_seeds=args.seeds, n_members=args.members,
         fraction=args.fraction, synthetic_frames=args.frames, noise_rate=args.noise_rate,
-        test_fraction=args.test_fraction, seed=args.seed))
+        test_fraction=args.test_fraction, seed=args.seed,
+        allow_duplicates=getattr(args, "allow_duplicates", None)))
     model = dataclasses.replace(model, **pick(widths=args.widths))
     train = dataclasses.replace(train, **pick(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
@@ -107,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
         if args.command == "sweep":
+            from ensemble_jax.training.sharding import initialize_distributed
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id)
             from ensemble_jax.sweep import run_sweep
             sweep, model, train = sweep_configs(args)
             run_sweep(args.out, sweep, model, train, resume=args.resume,
-                      progress=not args.quiet, log=log)
+                      progress=not args.quiet, log=log, devices=args.devices,
+                      members_per_wave=args.members_per_wave,
+                      memory_budget=args.memory_budget)
             log(f"wrote {Path(args.out).resolve()}")
         elif args.command == "analyze":
             from ensemble_jax.analysis.analyze import analyze, describe

@@ -17,6 +17,28 @@ from typing import Any, Iterator
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Deletes the temporary files (`.<name>.<random>.tmp`) that a writer killed before its
+    rename left in `directory` (not recursive). Call it only while holding the directory's
+    lock (`runlock`), so that no live writer's temporary is removed. Returns what it removed."""
+    removed = []
+    for p in Path(directory).glob(".*.tmp"):
+        if p.is_file() and p.name.count(".") >= 3:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path`; on success renames it onto `path`."""
@@ -29,6 +51,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -50,7 +50,7 @@ def random_subsets(n_frames: int, n_members: int, fraction: float, seed: int = 0
         raise SubsetError(
             f"n_members={n_members} distinct subsets of {size} out of {n_frames} frames do not "
             f"exist (only {int(_n_subsets(n_frames, size))}); lower n_members or pass "
-            f"allow_duplicates=True")
+            f"allow_duplicates=True (sweep: --allow-duplicates)")
     rng = np.random.default_rng(seed)
     masks = np.zeros((n_members, n_frames), bool)
     seen: set[bytes] = set()

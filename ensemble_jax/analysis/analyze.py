@@ -254,12 +254,30 @@ def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list
 def analyze(run_dir: str | Path, *, progress: bool = True,
             log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
             figures_enabled: bool = True) -> dict:
-    """Analyses a run directory (see the module docstring); returns analysis.json's dict."""
-    from ensemble_jax.sweep import load_split, load_threshold_mask
+    """Analyses a run directory (see the module docstring); returns analysis.json's dict.
+
+    Holds the run directory's lock (`runlock`) while it runs; every output is written
+    atomically, so an analysis killed at any point can simply be run again."""
+    from ensemble_jax import runlock
     run = Path(run_dir)
+    if run.exists() and not run.is_dir():
+        raise NotADirectoryError(f"{run}: is a file, not a run directory")
     for name in ("config.json", "subsets.npy", "data.npz", "params.msgpack", "training.npz"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run}: not a complete run directory ({name} is missing)")
+    if not (run / "summary.json").exists():
+        raise FileNotFoundError(f"{run}: the sweep that writes this run directory has not "
+                                f"finished (summary.json is missing); finish it with "
+                                f"`ensemble-jax sweep --resume` first")
+    with runlock.locked(run, "analyze", warn=log):
+        eio.remove_temporaries(run)
+        return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
+                               top=top, figures_enabled=figures_enabled)
+
+
+def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
+                    batch_size: int, top: int, figures_enabled: bool) -> dict:
+    from ensemble_jax.sweep import load_split, load_threshold_mask
     t0 = time.perf_counter()
     train, test = load_split(run)
     thr = load_threshold_mask(run)

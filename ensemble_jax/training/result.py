@@ -128,13 +128,11 @@ class EnsembleResult:
 
 def consensus(keypoints: np.ndarray, confidences: np.ndarray, method: str = "weighted_mean"
               ) -> np.ndarray:
-    """Ensemble consensus `[B, K, 2]` from member predictions `[M, B, K, 2]`."""
-    if method == "median":
-        return np.median(keypoints, axis=0)
-    if method != "weighted_mean":
-        raise ValueError(f"consensus method must be 'weighted_mean' or 'median', got {method!r}")
-    w = np.maximum(confidences, 1e-6)[..., None]
-    return (keypoints * w).sum(0) / w.sum(0)
+    """Ensemble consensus `[B, K, 2]` from member predictions `[M, B, K, 2]` (NumPy in and
+    out); the kernel `ensemble_jax.kernels.consensus` does the work."""
+    from ensemble_jax.kernels.spread import consensus as consensus_kernel
+    return np.asarray(consensus_kernel(np.asarray(keypoints, np.float32),
+                                       np.asarray(confidences, np.float32), method))
 
 
 _JITS: dict = {}

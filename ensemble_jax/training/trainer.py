@@ -16,7 +16,7 @@ import numpy as np
 from ensemble_jax.data.dataset import DatasetError, KeypointDataset
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.subsets import validate_masks
-from ensemble_jax.training import strategies
+from ensemble_jax.training import sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
@@ -49,6 +49,8 @@ class _Setup:
     inputs: MemberInputs
     images: jax.Array
     keypoints: jax.Array
+    mesh: Any = None          # jax.sharding.Mesh when sharded over devices, else None
+    n_real: int = 0           # real members (states/inputs may carry padded copies)
 
 
 class EnsembleTrainer:
@@ -81,7 +83,11 @@ class EnsembleTrainer:
         return counts, None
 
     def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
-              lr_scale: np.ndarray, images: np.ndarray | None = None) -> _Setup:
+              lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None
+              ) -> _Setup:
+        """Device-resident state and inputs. With a `mesh` (sharding.make_mesh), members are
+        padded to a multiple of the device count and sharded over the `members` axis; the
+        shared frames are replicated on every device."""
         mc, tc = self.model_config, self.train_config
         model = HeatmapNet(mc, dataset.n_keypoints)
         tx = tc.optimizer()
@@ -89,33 +95,61 @@ class EnsembleTrainer:
         member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
         keys = member_keys(tc.seed, member_ids)
         index, sizes = subset_index(counts)
+        # One compiled single-member init, called per member (its compile is slow on CPU
+        # and would otherwise recur for every ensemble size); values equal a vmapped init.
+        init_one = _init_fn(mc, _step_key(tc), (h, w, dataset.images.shape[3]),
+                            dataset.n_frames, dataset.n_keypoints)
+        imgs = dataset.images if images is None else images
+        m = int(counts.shape[0])
+        if mesh is not None:
+            pad = sharding.pad_index(m, mesh)
+            inputs = sharding.put_members(MemberInputs(
+                keys[pad], index[pad], sizes[pad], np.asarray(lr_scale, np.float32)[pad]), mesh)
+            host = jax.device_get([init_one(jnp.asarray(k)) for k in keys])
+            states = sharding.put_members(
+                jax.tree_util.tree_map(lambda *xs: np.stack(xs)[pad], *host), mesh)
+            return _Setup(model, member_step, states, inputs,
+                          sharding.put_global(imgs, sharding.replicated(mesh)),
+                          sharding.put_global(dataset.keypoints, sharding.replicated(mesh)),
+                          mesh=mesh, n_real=m)
         inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
                               jnp.asarray(lr_scale, jnp.float32))
-        sample = jnp.zeros((1, h, w, dataset.images.shape[3]), jnp.uint8)
-        init = jax.jit(jax.vmap(lambda k: init_member(model, tx, k, sample, dataset.n_frames,
-                                                      dataset.n_keypoints)))
-        states = init(inputs.key)
-        imgs = dataset.images if images is None else images
+        states = _stack([init_one(inputs.key[i]) for i in range(m)])
         return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
-                      jnp.asarray(dataset.keypoints))
+                      jnp.asarray(dataset.keypoints), n_real=m)
 
     def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
         tc = self.train_config
         m = int(s.inputs.subset_size.shape[0])
         spp = tc.steps_per_program or strategies.default_steps_per_program(
             jax.default_backend(), tc.chunk_size)
-        make = lambda name: _runner(name, s.member_step, spp, m, tc.members_per_program)
+        if s.mesh is None:
+            make = lambda name: _runner(name, s.member_step, spp, m, tc.members_per_program)
+            local, mesh_facts = m, None
+        else:  # the strategy applies inside each device, to its block of members
+            make = lambda name: _sharded_runner(name, s.member_step, spp, m,
+                                                tc.members_per_program, s.mesh)
+            local = m // sharding.n_shards(s.mesh)
+            mesh_facts = (sharding.n_shards(s.mesh), jax.process_count())
         if tc.strategy != "auto":
             return make(tc.strategy), {"chosen": tc.strategy, "how": "fixed by TrainConfig"}
         key = strategies.cache_key(model=dataclasses.asdict(self.model_config), members=m,
                                    images=tuple(s.images.shape), batch=tc.batch_size,
-                                   group=tc.members_per_program, aum=tc.track_aum, spp=spp)
+                                   group=tc.members_per_program, aum=tc.track_aum, spp=spp,
+                                   **({"mesh": mesh_facts} if mesh_facts else {}))
+        names = strategies.candidates(jax.default_backend(), local)
         cached = strategies.load_cached(key)
-        if cached:
+        # Every process must run the same programs: process 0's cache and choice decide.
+        if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
+            chosen = ["vmap", "unrolled", "sequential"][sharding.agree(
+                ["vmap", "unrolled", "sequential"].index(cached["chosen"]) if cached else 0)]
+            log(f"strategy: {chosen} (process 0's cached measurement)")
+            return make(chosen), {"chosen": chosen, "how": "cached"}
+        if cached and jax.process_count() == 1:
             log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
             return make(cached["chosen"]), dict(cached, how="cached")
         table, runners = {}, {}
-        for name in strategies.candidates(jax.default_backend(), m):
+        for name in names:
             runners[name] = make(name)
             table[name] = strategies.measure(runners[name], s.states, s.inputs, s.images,
                                              s.keypoints)
@@ -123,8 +157,10 @@ class EnsembleTrainer:
             log(f"strategy probe {name:>10}: {table[name]['images_per_s']:8.0f} img/s "
                 f"(compile {table[name]['compile_s']:.1f} s)")
         chosen = min(table, key=lambda k: table[k]["step_s"])
+        chosen = names[sharding.agree(names.index(chosen))]
         entry = {"chosen": chosen, "table": table}
-        strategies.store_cached(key, entry)
+        if sharding.is_primary():
+            strategies.store_cached(key, entry)
         log(f"strategy: {chosen} (fastest measured on {jax.default_backend()})")
         return runners[chosen], dict(entry, how="measured")
 
@@ -133,8 +169,8 @@ class EnsembleTrainer:
             lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool = True, log: Callable[[str], None] | None = None,
-            images: np.ndarray | None = None, stop_after: int | None = None
-            ) -> EnsembleResult:
+            images: np.ndarray | None = None, stop_after: int | None = None,
+            mesh: Any = None) -> EnsembleResult:
         """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
 
         lr_scale: float [M], multiplies each member's updates (default 1).
@@ -145,6 +181,10 @@ class EnsembleTrainer:
         images: optional float [n, H, W, C] replacing dataset.images on device (testing).
         stop_after: stop (as if interrupted) once this many steps are done; the schedule
             still assumes `steps`, so a resume continues exactly.
+        mesh: a `sharding.make_mesh()` mesh: members are sharded over its devices (and over
+            processes after `jax.distributed.initialize`); same results as one device.
+            Checkpoints hold only the real members, so a run saved on D devices resumes
+            on any other device count.
         """
         log = log or (lambda msg: None)
         tc = self.train_config
@@ -160,20 +200,27 @@ class EnsembleTrainer:
                 raise DatasetError("fit: images of frames inside some subset contain NaN/inf")
 
         t_setup = time.perf_counter()
-        s = self.setup(dataset, counts, member_ids, lr_scale, images)
+        s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh)
         runner, strategy_info = self.choose_strategy(s, log)
         states = s.states
         losses = np.full((tc.steps, m), np.nan, np.float32)
+        keys = member_keys(tc.seed, member_ids)
         step = 0
-        ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
+        if mesh is None:
+            real = lambda st: st
+        else:   # checkpoints hold the m real members only, laid out independently of padding
+            ck_sharding = sharding.checkpoint_sharding(m, mesh)
+            real = lambda st: sharding.first_members(st, m, ck_sharding)
+        ckpt = (Checkpointer(checkpoint_dir, resume=resume, log=log)
+                if checkpoint_dir is not None else None)
         if ckpt is not None and resume and ckpt.latest_step() is not None:
-            step = int(ckpt.latest_step())
-            restored = ckpt.restore(step, {"states": states, "losses": losses,
-                                           "member_keys": np.asarray(s.inputs.key),
-                                           "masks": counts})
+            step, restored = ckpt.restore_latest({"states": real(states), "losses": losses,
+                                                  "member_keys": keys, "masks": counts})
             if not np.array_equal(restored["masks"], counts):
                 raise ValueError(f"{checkpoint_dir}: checkpoint subset masks differ from this run's")
             states, losses = restored["states"], np.asarray(restored["losses"])
+            if mesh is not None:
+                states = sharding.pad_members(states, m, mesh)
             log(f"resumed from step {step} ({ckpt.directory})")
         setup_s = time.perf_counter() - t_setup
 
@@ -187,14 +234,15 @@ class EnsembleTrainer:
             if every:
                 n = min(n, every - step % every)
             states, chunk_losses = runner(states, s.inputs, s.images, s.keypoints, step, n)
+            chunk_losses = chunk_losses[:, :m]
             losses[step:step + n] = chunk_losses
             step += n
             steps_run += n
             if ckpt is not None and ((every and step % every == 0) or step == end):
-                ckpt.save(step, {"states": states, "losses": losses,
-                                 "member_keys": np.asarray(s.inputs.key), "masks": counts})
+                ckpt.save(step, {"states": real(states), "losses": losses,
+                                 "member_keys": keys, "masks": counts})
             if bar is not None:
-                alive = int(np.asarray(states.alive).sum())
+                alive = int(np.asarray(sharding.to_host(states.alive))[:m].sum())
                 bar.set_postfix(loss=f"{np.nanmean(chunk_losses[-1]):.4f}",
                                 alive=f"{alive}/{m}", refresh=False)
                 bar.update(n)
@@ -204,7 +252,9 @@ class EnsembleTrainer:
             bar.close()
         if ckpt is not None:
             ckpt.close()
-        host = jax.device_get(states)
+        host = sharding.to_host(states)
+        if mesh is not None:
+            host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], host)
         alive = np.asarray(host.alive)
         for i in np.flatnonzero(~alive):
             log(f"warning: member {i} diverged at step {int(host.diverged_at[i])} (non-finite "
@@ -233,6 +283,23 @@ def _step_key(tc: TrainConfig) -> TrainConfig:
 def _member_step(mc: ModelConfig, tc: TrainConfig, image_hw: tuple[int, int], k: int):
     hw = (image_hw[0] // mc.output_stride, image_hw[1] // mc.output_stride)
     return make_member_step(HeatmapNet(mc, k), tc.optimizer(), tc, hw, mc.output_stride)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(mc: ModelConfig, tc: TrainConfig, image_shape: tuple[int, int, int], n: int,
+             k: int) -> Callable:
+    model = HeatmapNet(mc, k)
+    sample = jnp.zeros((1,) + tuple(image_shape), jnp.uint8)
+    return jax.jit(lambda key: init_member(model, tc.optimizer(), key, sample, n, k))
+
+
+_stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_runner(name: str, member_step: Callable, spp: int, m: int, per_program: int,
+                    mesh: Any):
+    return sharding.ShardedRunner(name, member_step, spp, m, per_program, mesh)
 
 
 @functools.lru_cache(maxsize=64)

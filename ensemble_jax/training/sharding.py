@@ -1,0 +1,304 @@
+"""Scale-out: the stacked ensemble state sharded over a device mesh, on one host or many.
+
+Members are independent (no cross-member communication while training), so the mesh has
+one axis, `members`: device d holds a contiguous block of `local_members` members and runs
+the member-parallel strategy chosen by `auto` (vmap / unrolled / sequential) on its block,
+inside `jax.shard_map` under `jax.jit`. The mesh uses `AxisType.Auto` (jax >= 0.9 defaults
+`make_mesh` to Explicit axes, on which a vmapped conv with a sharded member axis fails).
+
+Multi-host: `initialize_distributed` calls `jax.distributed.initialize`; the mesh then spans
+every process's devices, each process holds (and trains) the members on its own devices,
+and `to_host` gathers global arrays with `multihost_utils.process_allgather` (gloo
+collectives on CPU). Only process 0 writes files (`is_primary`).
+
+Padding: M members on D devices are padded to `D * ceil(M / D)` by repeating members
+cyclically (`pad_index`); a padded member is an exact copy of a real one (same key and
+subset), its results are dropped, and checkpoints hold only the M real members, so a run
+saved on D devices restores on any other device count.
+
+Not offered: a `pmap` form (in maintenance mode since jax 0.8, implemented on shard_map)
+and a `data` mesh axis (one member's batch split over devices: members here are small, and
+the member axis alone fills any device count up to the number of members).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from ensemble_jax.training import strategies
+
+AXIS = "members"
+tree_map = jax.tree_util.tree_map
+
+
+# --------------------------------------------------------------------------- processes
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """`jax.distributed.initialize` from arguments or the usual environment variables
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). Must run before any
+    other JAX call. Returns True when a multi-process runtime was started."""
+    env = os.environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if coordinator is None and not num_processes:
+        return False
+    if num_processes == 1:
+        return False
+    if coordinator is None or num_processes is None or process_id is None:
+        raise ValueError("multi-process run: give all of coordinator address, number of "
+                         f"processes and process id (got {coordinator!r}, {num_processes!r}, "
+                         f"{process_id!r}); flags --coordinator/--num-processes/--process-id "
+                         "or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(value: int) -> int:
+    """Process 0's integer, on every process (decisions that must match, e.g. strategy)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+# --------------------------------------------------------------------------- mesh
+def make_mesh(devices_per_process: int | None = None,
+              devices: Sequence[Any] | None = None) -> Mesh:
+    """A 1-D mesh over axis `members`: the first `devices_per_process` local devices of
+    every process (default all), ordered by process so each process's members are one
+    contiguous block."""
+    if devices is None:
+        devices = []
+        for p in range(jax.process_count()):
+            local = sorted((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+            if devices_per_process:
+                if devices_per_process > len(local):
+                    raise ValueError(f"--devices {devices_per_process}: process {p} has only "
+                                     f"{len(local)} {jax.default_backend()} device(s)")
+                local = local[:devices_per_process]
+            devices += local
+    return Mesh(np.asarray(list(devices)), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+def n_shards(mesh: Mesh) -> int:
+    return int(mesh.shape[AXIS])
+
+
+def member_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def padded_members(m: int, mesh: Mesh) -> int:
+    d = n_shards(mesh)
+    return d * math.ceil(m / d)
+
+
+def pad_index(m: int, mesh: Mesh) -> np.ndarray:
+    """int32 [M_pad]: padded slot -> real member (cyclic)."""
+    return (np.arange(padded_members(m, mesh)) % m).astype(np.int32)
+
+
+def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A host array (identical on every process) as a global array with `sharding`; each
+    process supplies only its own shards, so this works across hosts."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def put_members(tree: Any, mesh: Mesh) -> Any:
+    return tree_map(lambda x: put_global(x, member_sharding(mesh)), tree)
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    return tree_map(lambda x: put_global(x, replicated(mesh)), tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Global (possibly multi-process) arrays -> full NumPy arrays on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def first_members(tree: Any, m: int, sharding: Any) -> Any:
+    """The first m members of a padded stacked tree, laid out with `sharding`."""
+    return jax.jit(lambda t: tree_map(lambda x: x[:m], t), out_shardings=sharding)(tree)
+
+
+def checkpoint_sharding(m: int, mesh: Mesh) -> NamedSharding:
+    """How the M real members are laid out in a checkpoint save/restore target: sharded
+    when M divides over the mesh, else replicated (then padded on device)."""
+    return member_sharding(mesh) if m % n_shards(mesh) == 0 else replicated(mesh)
+
+
+def pad_members(tree: Any, m: int, mesh: Mesh) -> Any:
+    """[M] stacked tree -> [M_pad] sharded over `members` (cyclic copies as padding)."""
+    idx = jnp.asarray(pad_index(m, mesh))
+    return jax.jit(lambda t: tree_map(lambda x: x[idx], t),
+                   out_shardings=member_sharding(mesh))(tree)
+
+
+# --------------------------------------------------------------------------- runner
+class ShardedRunner(strategies.ChunkRunner):
+    """A member-parallel strategy run on every device of `mesh` at once.
+
+    Device d holds members [d*L, (d+1)*L) (L = local members). One compiled program steps
+    one group of G local members on every device (G = L for vmap, the unrolled group size,
+    or 1 for sequential); the host enqueues the groups' programs one after another without
+    syncing, exactly like the single-device `GroupRunner`. A last group that would run past
+    L wraps around and its extra members are masked out of the write-back.
+    """
+
+    def __init__(self, name: str, member_step: Callable, steps_per_program: int,
+                 n_members: int, members_per_program: int, mesh: Mesh):
+        super().__init__(steps_per_program)
+        d = n_shards(mesh)
+        if n_members % d:
+            raise ValueError(f"ShardedRunner: {n_members} members do not divide over {d} "
+                             "devices (pad them with sharding.pad_members)")
+        self.name, self.member_step, self.mesh = name, member_step, mesh
+        self.local = n_members // d
+        if name == "vmap":
+            self.group = self.local
+        elif name == "unrolled":
+            self.group = strategies.group_size(self.local, members_per_program)
+        elif name == "sequential":
+            self.group = 1
+        else:
+            raise ValueError(f"unknown strategy {name!r}")
+        self.n_members = n_members
+
+    def _body(self, length: int) -> Callable:
+        g, member_step, backend = self.group, self.member_step, self.backend
+        if self.name == "vmap":
+            vstep = jax.vmap(member_step, in_axes=(0, 0, None, None, None))
+            return lambda st, ins, images, kps, start: strategies._scan_steps(
+                lambda c, s: vstep(c, ins, s, images, kps), st, start, length, backend)
+
+        def body(st, ins, images, kps, start):
+            members = tuple(tree_map(lambda x: x[i], st) for i in range(g))
+            inl = [tree_map(lambda x: x[i], ins) for i in range(g)]
+
+            def stepper(ms, s):
+                outs = [member_step(ms[i], inl[i], s, images, kps) for i in range(g)]
+                return tuple(o[0] for o in outs), jnp.stack([o[1] for o in outs])
+
+            ms, losses = strategies._scan_steps(stepper, members, start, length, backend)
+            return tree_map(lambda *xs: jnp.stack(xs), *ms), losses
+        return body
+
+    def _build(self, length: int) -> Callable:
+        g, local = self.group, self.local
+        body = self._body(length)
+
+        def per_device(states, inputs, images, keypoints, start, lo):
+            if g == local:
+                return body(states, inputs, images, keypoints, start)
+            idx = (lo + jnp.arange(g)) % local
+            st = tree_map(lambda x: x[idx], states)
+            ins = tree_map(lambda x: x[idx], inputs)
+            new, losses = body(st, ins, images, keypoints, start)
+            keep = jnp.arange(g) < (local - lo)
+
+            def put(x, y):
+                k = keep.reshape((g,) + (1,) * (y.ndim - 1))
+                return x.at[idx].set(jnp.where(k, y, x[idx]))
+            return tree_map(put, states, new), losses
+
+        f = jax.shard_map(per_device, mesh=self.mesh,
+                          in_specs=(P(AXIS), P(AXIS), P(), P(), P(), P()),
+                          out_specs=(P(AXIS), P(None, AXIS)), check_vma=False)
+        return jax.jit(f)
+
+    def __call__(self, states, inputs, images, keypoints, start, n_steps):
+        g, local, d = self.group, self.local, n_shards(self.mesh)
+        pieces = []   # (lo, step offset, losses [length, d*g])
+        for lo in range(0, local, g):
+            done = 0
+            while done < n_steps:
+                length = min(self.steps_per_program, n_steps - done)
+                states, loss = self._program(length)(states, inputs, images, keypoints,
+                                                     jnp.int32(start + done), jnp.int32(lo))
+                pieces.append((lo, done, loss))
+                done += length
+        fetched = to_host([p[2] for p in pieces])
+        out = np.full((n_steps, self.n_members), np.nan, np.float32)
+        for (lo, off, _), loss in zip(pieces, fetched):
+            loss = np.asarray(loss).reshape(loss.shape[0], d, g)
+            keep = min(g, local - lo)
+            for j in range(keep):
+                out[off:off + loss.shape[0], np.arange(d) * local + lo + j] = loss[:, :, j]
+        return states, out
+
+
+def local_share(m: int) -> tuple[int, int]:
+    """This process's contiguous block [lo, hi) of m items (for host-side work such as
+    predictions), blocks of ceil(m / processes)."""
+    share = math.ceil(m / jax.process_count())
+    lo = min(m, jax.process_index() * share)
+    return lo, min(m, lo + share)
+
+
+def gather_blocks(block: Any, m: int) -> Any:
+    """Each process's [hi - lo, ...] block (from `local_share`) -> the full [m, ...] on
+    every process."""
+    if jax.process_count() == 1:
+        return block
+    from jax.experimental import multihost_utils
+    share = math.ceil(m / jax.process_count())
+
+    def pad(x):
+        x = np.asarray(x)
+        if x.shape[0] < share:
+            fill = np.zeros((share - x.shape[0],) + x.shape[1:], x.dtype)
+            x = np.concatenate([x, fill])
+        return x
+    stacked = multihost_utils.process_allgather(tree_map(pad, block), tiled=False)
+    return tree_map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])[:m], stacked)
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def predict_gathered(result: Any, images: np.ndarray) -> Any:
+    """`result.predict(images)` with the members split over processes (each predicts its
+    contiguous share) and gathered on every process; one process predicts them all."""
+    m = result.n_members
+    if jax.process_count() == 1:
+        return result.predict(images)
+    lo, hi = local_share(m)
+    members = list(range(lo, hi)) or [0]      # a process with no share still takes part
+    p = result.predict(images, members=members)
+    block = (p.keypoints[:hi - lo], p.confidences[:hi - lo])
+    kp, conf = gather_blocks(block, m)
+    return type(p)(np.asarray(kp, np.float32), np.asarray(conf, np.float32), None)
