@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "unrolled", "sequential"])
     p.add_argument("--out", default="benchmarks/out/aum_openfield.json")
+    p.add_argument("--run-dir", default=None,
+                   help="keep the run directory here (default: a temporary folder)")
     args = p.parse_args(argv)
     if args.quick:
         args.image_size, args.members, args.steps, args.strategy = 64, 2, 20, "sequential"
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         aum_radius=args.radius, chunk_size=100, seed=args.seed,
                         strategy=args.strategy)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.run_dir:
+            tmp = args.run_dir
         run_sweep(tmp, sweep, model, train, dataset=data, progress=not args.quick,
                   log=lambda m: None)
         t_train = time.perf_counter() - t0
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         from ensemble_jax.analysis.aum import roc_auc
         df = pd.read_csv(Path(tmp) / "aum.csv")
     real = df[(df.threshold_sample == 0) & df.aum.notna()]
-    ears = real[real.bodypart.isin(["leftear", "rightear"])]
+    ears = real[real.keypoint.isin(["leftear", "rightear"])]
     auc_ears = roc_auc(-ears.aum.to_numpy(), ears.planted_noise.to_numpy().astype(bool))
     row = {
         "data": str(args.data), "image_size": args.image_size, "output_stride": args.stride,

@@ -267,18 +267,49 @@ def bench_representativeness(args, rows):
                          tolerance=1e-4, note=label + " in both"))
 
 
+def bench_aum_tracking(args, rows):
+    """Train-step time of the default network with and without AUM tracking (the margin is
+    computed from the step's own forward pass; tracking adds it and two scatter-adds)."""
+    from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
+    from ensemble_jax.training import strategies
+    from ensemble_jax.training.trainer import EnsembleTrainer
+    n_members = 2 if args.quick else 4
+    data = synthetic_dataset(64 if args.quick else 256, image_size=32 if args.quick else 64,
+                             seed=0)
+    model = ModelConfig(widths=(8, 16, 32), head_width=16) if args.quick else ModelConfig()
+    masks = np.ones((n_members, data.n_frames), np.int32)
+    times = {}
+    for track in (False, True):
+        tc = TrainConfig(batch_size=16, steps=1000, track_aum=track)
+        trainer = EnsembleTrainer(model, tc)
+        st = trainer.setup(data, masks, np.arange(n_members), np.ones(n_members))
+        spp = strategies.default_steps_per_program(jax.default_backend(), tc.chunk_size)
+        runner = strategies.make_runner("sequential", st.member_step, spp, n_members, 1)
+        best = math.inf
+        for _ in range(args.repeats):
+            m = strategies.measure(runner, st.states, st.inputs, st.images, st.keypoints,
+                                   probe_steps=3 if args.quick else 10)
+            best = min(best, m["step_s"])
+        times[track] = best
+    rows.append(dict(kernel="AUM tracking in train step", size=f"{n_members} members, batch 16",
+                     jax_s=times[True], numpy_s=times[False], max_abs_diff=0.0, tolerance=0.0,
+                     note=f"'JAX s' = step with tracking, 'NumPy s' = without; cost "
+                          f"{100 * (times[True] / times[False] - 1):+.1f}% (goal < 5%)"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "kernels.json"))
     p.add_argument("--repeats", type=int, default=None, help="best of N (default 3; quick 1)")
     p.add_argument("--only", nargs="*", default=None,
-                   choices=["mpe", "influence", "margins", "representativeness"])
+                   choices=["mpe", "influence", "margins", "representativeness", "aum_tracking"])
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     cases = dict(mpe=bench_mpe, influence=bench_influence, margins=bench_margins,
-                 representativeness=bench_representativeness)
+                 representativeness=bench_representativeness,
+                 aum_tracking=bench_aum_tracking)
     rows = []
     for name, fn in cases.items():
         if args.only is None or name in args.only:

@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps after compiling")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--members-per-program", type=int, default=None,
+                   help="'unrolled': members traced into one program (default: TrainConfig's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
     args = p.parse_args()
@@ -67,6 +69,8 @@ def main() -> None:
     data = synthetic_dataset(256, image_size=args.image_size, seed=0)
     model_cfg = ModelConfig()
     train_cfg = TrainConfig(batch_size=args.batch_size, steps=1000)
+    if args.members_per_program:
+        train_cfg = dataclasses.replace(train_cfg, members_per_program=args.members_per_program)
     spp = strategies.default_steps_per_program(jax.default_backend(), train_cfg.chunk_size)
     ceil32 = matmul_ceiling(jnp.float32)
     ceil16 = matmul_ceiling(jnp.bfloat16)
@@ -100,7 +104,8 @@ def main() -> None:
     print()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
           f"image {args.image_size}x{args.image_size}x3, batch {args.batch_size}, "
-          f"{flops / 1e6:.0f} MFLOP per member step")
+          f"{flops / 1e6:.0f} MFLOP per member step, 'unrolled' traces "
+          f"{train_cfg.members_per_program} members per program")
     print(f"matmul ceiling: float32 {ceil32 / 1e9:.1f} GFLOP/s, bfloat16 {ceil16 / 1e9:.1f} GFLOP/s")
     head = f"{'N':>4} " + " ".join(f"{n + ' img/s':>17}" for n in names) + \
         f" {'auto':>12} {'auto/seq':>9} {'GFLOP/s':>8} {'% f32 ceil':>10}"
@@ -117,7 +122,8 @@ def main() -> None:
         "image_size": args.image_size, "batch_size": args.batch_size,
         "model": dataclasses.asdict(model_cfg), "flops_per_member_step": flops,
         "matmul_ceiling_flops": {"float32": ceil32, "bfloat16": ceil16},
-        "steps_per_program": spp, "rows": rows,
+        "steps_per_program": spp, "members_per_program": train_cfg.members_per_program,
+        "rows": rows,
     }
     eio.write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -45,6 +45,8 @@ def quick_out(tmp_path_factory):
     return out, n4, n5
 
 
+# slow on a 2-core CPU (several compiles); run with: pytest -m slow
+@pytest.mark.slow
 def test_study4_quick(quick_out):
     out, returned, _ = quick_out
     d = out / "study4_aum_cleaning"
@@ -73,6 +75,8 @@ def test_study4_quick(quick_out):
     _check_report(out, {f"study4_aum_cleaning/{f['file']}" for f in sec["figures"]})
 
 
+# slow on a 2-core CPU (several compiles); run with: pytest -m slow
+@pytest.mark.slow
 def test_study5_quick(quick_out):
     out, _, returned = quick_out
     d = out / "study5_active_learning"
@@ -119,6 +123,8 @@ def test_selection_orders():
         assert sorted(o.tolist()) == list(range(16))
 
 
+# slow on a 2-core CPU (several compiles); run with: pytest -m slow
+@pytest.mark.slow
 def test_fit_staged_switches_subsets():
     from ensemble_jax.data.synthetic import synthetic_dataset
     from ensemble_jax.models.heatmap_net import ModelConfig
