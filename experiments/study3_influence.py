@@ -54,18 +54,6 @@ def ensure_analysis(run_dir: Path, n_test: int, log=print) -> dict:
     return eio.load_npz(inf), json.loads(js.read_text())
 
 
-def _auc(score, positive):
-    """ROC-AUC of `score` for `positive` (ties count half); NaN if a class is empty."""
-    import numpy as np
-    from scipy.stats import rankdata
-    ok = np.isfinite(score)
-    s, p = score[ok], positive[ok].astype(bool)
-    if p.sum() == 0 or (~p).sum() == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[p].sum() - p.sum() * (p.sum() + 1) / 2) / (p.sum() * (~p).sum()))
-
-
 def main(argv=None) -> dict:
     args = common.parse_args(__doc__.split("\n")[0], argv)
     common.setup()
@@ -75,6 +63,7 @@ def main(argv=None) -> dict:
 
     from ensemble_jax import io as eio
     from ensemble_jax.analysis import figures
+    from ensemble_jax.analysis.aum import roc_auc
     from ensemble_jax.analysis.report import write_section
     from ensemble_jax.data.letterbox import to_train
 
@@ -135,8 +124,8 @@ def main(argv=None) -> dict:
              "gt_confidence_vs_gt_probability": _corr(frame_help["gt_confidence"],
                                                       frame_help["gt_probability"])}
     harm_score = -frame_help["pixel_error"]                 # px, > 0: raises test error
-    auc_thr = _auc(harm_score, thr) if thr.any() else float("nan")
-    auc_noise = _auc(harm_score, noise) if noise is not None and noise.any() else float("nan")
+    auc_thr = roc_auc(harm_score, thr) if thr.any() else float("nan")
+    auc_noise = roc_auc(harm_score, noise) if noise is not None and noise.any() else float("nan")
     order = np.argsort(-np.nan_to_num(harm_score, nan=-np.inf), kind="stable")
     harmful = [int(i) for i in order if np.isfinite(harm_score[i]) and harm_score[i] > 0][:N_SHOW]
     order_h = np.argsort(np.nan_to_num(harm_score, nan=np.inf), kind="stable")
