@@ -194,23 +194,9 @@ class ShardedRunner(strategies.ChunkRunner):
         self.n_members = n_members
 
     def _body(self, length: int) -> Callable:
-        g, member_step, backend = self.group, self.member_step, self.backend
         if self.name == "vmap":
-            vstep = jax.vmap(member_step, in_axes=(0, 0, None, None, None))
-            return lambda st, ins, images, kps, start: strategies._scan_steps(
-                lambda c, s: vstep(c, ins, s, images, kps), st, start, length, backend)
-
-        def body(st, ins, images, kps, start):
-            members = tuple(tree_map(lambda x: x[i], st) for i in range(g))
-            inl = [tree_map(lambda x: x[i], ins) for i in range(g)]
-
-            def stepper(ms, s):
-                outs = [member_step(ms[i], inl[i], s, images, kps) for i in range(g)]
-                return tuple(o[0] for o in outs), jnp.stack([o[1] for o in outs])
-
-            ms, losses = strategies._scan_steps(stepper, members, start, length, backend)
-            return tree_map(lambda *xs: jnp.stack(xs), *ms), losses
-        return body
+            return strategies.vmapped_steps(self.member_step, length, self.backend)
+        return strategies.unrolled_steps(self.member_step, self.group, length, self.backend)
 
     def _build(self, length: int) -> Callable:
         g, local = self.group, self.local

@@ -54,6 +54,33 @@ def _scan_steps(stepper: Callable, carry: Any, start, length: int, backend: str)
     return carry, jnp.stack(losses)
 
 
+def vmapped_steps(member_step: Callable, length: int, backend: str) -> Callable:
+    """(states, inputs, images, keypoints, start) -> (states, losses [length, M]): every
+    member stacked on axis 0 stepped `length` times by one vmapped step."""
+    vstep = jax.vmap(member_step, in_axes=(0, 0, None, None, None))
+
+    def program(states, inputs, images, keypoints, start):
+        return _scan_steps(lambda st, s: vstep(st, inputs, s, images, keypoints),
+                           states, start, length, backend)
+    return program
+
+
+def unrolled_steps(member_step: Callable, group: int, length: int, backend: str) -> Callable:
+    """Like `vmapped_steps` for `group` members stacked on axis 0, but each member's step
+    traced on its own, one after the other (no grouped convolutions)."""
+    def program(states, inputs, images, keypoints, start):
+        members = tuple(tree_map(lambda x: x[g], states) for g in range(group))
+        ins = [tree_map(lambda x: x[g], inputs) for g in range(group)]
+
+        def stepper(ms, s):
+            outs = [member_step(ms[g], ins[g], s, images, keypoints) for g in range(group)]
+            return tuple(o[0] for o in outs), jnp.stack([o[1] for o in outs])
+
+        ms, losses = _scan_steps(stepper, members, start, length, backend)
+        return tree_map(lambda *xs: jnp.stack(xs), *ms), losses
+    return program
+
+
 class ChunkRunner:
     """runner(states, inputs, images, keypoints, start_step, n_steps) -> (states, losses
     float32 [n_steps, M]); `states`/`inputs` stacked on [M]. A chunk is a sequence of
@@ -95,13 +122,7 @@ class VmapRunner(ChunkRunner):
         self.member_step = member_step
 
     def _build(self, length: int) -> Callable:
-        vstep = jax.vmap(self.member_step, in_axes=(0, 0, None, None, None))
-
-        @jax.jit
-        def program(states, inputs, images, keypoints, start):
-            return _scan_steps(lambda st, s: vstep(st, inputs, s, images, keypoints),
-                               states, start, length, self.backend)
-        return program
+        return jax.jit(vmapped_steps(self.member_step, length, self.backend))
 
     def __call__(self, states, inputs, images, keypoints, start, n_steps):
         return self._run(states, inputs, images, keypoints, start, n_steps)
@@ -119,20 +140,7 @@ class GroupRunner(ChunkRunner):
                                                             tree, sub))
 
     def _build(self, length: int) -> Callable:
-        group, member_step = self.group, self.member_step
-
-        @jax.jit
-        def program(states, inputs, images, keypoints, start):
-            members = tuple(tree_map(lambda x: x[g], states) for g in range(group))
-            ins = [tree_map(lambda x: x[g], inputs) for g in range(group)]
-
-            def stepper(ms, s):
-                outs = [member_step(ms[g], ins[g], s, images, keypoints) for g in range(group)]
-                return tuple(o[0] for o in outs), jnp.stack([o[1] for o in outs])
-
-            ms, losses = _scan_steps(stepper, members, start, length, self.backend)
-            return tree_map(lambda *xs: jnp.stack(xs), *ms), losses
-        return program
+        return jax.jit(unrolled_steps(self.member_step, self.group, length, self.backend))
 
     def __call__(self, states, inputs, images, keypoints, start, n_steps):
         m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
