@@ -1,37 +1,47 @@
 """Training throughput of each member-parallel strategy vs the single-member loop.
 
 For each ensemble size N, every strategy trains the same N members (default network,
-64x64x3 synthetic frames, batch 16) for a few steps after compiling; the table gives
+64x64x3 synthetic frames, batch 16) for `--steps` steps after compiling; the table gives
 images/s, model FLOP/s (XLA's own count of one member step) and, in the same run, the
-JAX matmul ceiling (float32 and bfloat16) of this device. 'sequential' is the reference
-loop: one single-member jitted step per member per step, as when shuffles are trained one
-at a time. 'auto' is what `strategy="auto"` picks: the fastest measured.
+JAX matmul ceiling (float32 and bfloat16) of this device.
 
-    python benchmarks/train_throughput.py                 # N = 1, 4, 16, 32, 64
-    python benchmarks/train_throughput.py --quick         # N = 1, 4; seconds
+  sequential   the reference loop: one single-member jitted step per member per step, as
+               when shuffles are trained one at a time.
+  unrolled/gG  one program steps G members traced one after the other (--groups).
+  vmap         one program, `jax.vmap` over members (grouped convolutions).
+  auto         what `EnsembleTrainer` with strategy="auto" picks, by its own probe
+               (run with an empty strategy cache), reusing the programs compiled above;
+               its images/s are this run's measurement of the strategy it picked.
+
+Parallel headroom (CPU only): the same loop, pinned to one core in a subprocess. If
+spreading members over C cores kept each core as efficient as the one-core run, the
+best any member-parallel strategy could reach is C x (one-core img/s); the table prints
+that bound as a ratio to the loop. A member's own step already uses several cores, so on
+a small CPU the bound can be well under C.
+
+    python benchmarks/train_throughput.py                       # N = 1, 4, 16, 32, 64
+    python benchmarks/train_throughput.py --members 16 --groups 4,8,16 --steps 10
+    python benchmarks/train_throughput.py --quick               # N = 1, 4; seconds
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ensemble_jax import io as eio  # noqa: E402
-from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset  # noqa: E402
-from ensemble_jax.subsets import random_subsets  # noqa: E402
-from ensemble_jax.training import strategies  # noqa: E402
-from ensemble_jax.training.trainer import EnsembleTrainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def matmul_ceiling(dtype, n: int = 2048, reps: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -43,6 +53,8 @@ def matmul_ceiling(dtype, n: int = 2048, reps: int = 5) -> float:
 
 
 def member_step_flops(setup) -> float:
+    import jax
+    import jax.numpy as jnp
     st = jax.tree_util.tree_map(lambda x: x[0], setup.states)
     ins = jax.tree_util.tree_map(lambda x: x[0], setup.inputs)
     compiled = jax.jit(setup.member_step).lower(st, ins, jnp.int32(0), setup.images,
@@ -52,78 +64,166 @@ def member_step_flops(setup) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def build(n: int, args):
+    import numpy as np
+    from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
+    from ensemble_jax.subsets import random_subsets
+    from ensemble_jax.training.trainer import EnsembleTrainer
+    data = synthetic_dataset(256, image_size=args.image_size, seed=0)
+    trainer = EnsembleTrainer(ModelConfig(), TrainConfig(batch_size=args.batch_size, steps=1000))
+    masks = random_subsets(data.n_frames, n, 0.5, seed=0, allow_duplicates=True)
+    return trainer, trainer.setup(data, masks.astype(np.int32), np.arange(n), np.ones(n))
+
+
+def one_core_loop(args) -> float | None:
+    """img/s of the sequential loop (4 members) in a subprocess pinned to CPU 0."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cmd = [sys.executable, __file__, "--one-core-worker", "--steps", str(args.steps),
+           "--batch-size", str(args.batch_size), "--rounds", str(args.rounds), "--image-size", str(args.image_size)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def one_core_worker(args) -> None:
+    os.sched_setaffinity(0, {0})   # before jax starts its thread pools
+    from ensemble_jax.training import strategies
+    import jax
+    trainer, s = build(4, args)
+    spp = strategies.default_steps_per_program(jax.default_backend(), 50)
+    runner = strategies.make_runner("sequential", s.member_step, spp, 4, 1)
+    best = min(strategies.measure(runner, s.states, s.inputs, s.images, s.keypoints,
+                                  probe_steps=args.steps)["step_s"] for _ in range(args.rounds))
+    print(4 * args.batch_size / best)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", default="1,4,16,32,64")
     p.add_argument("--strategies", default="sequential,unrolled,vmap")
-    p.add_argument("--steps", type=int, default=3, help="timed steps after compiling")
+    p.add_argument("--groups", default=None,
+                   help="comma list of members per 'unrolled' program (default: TrainConfig's)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved timing rounds per strategy (best round counts)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--members-per-program", type=int, default=None,
-                   help="'unrolled': members traced into one program (default: TrainConfig's)")
+    p.add_argument("--no-headroom", action="store_true", help="skip the one-core run")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
+    p.add_argument("--one-core-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.one_core_worker:
+        return one_core_worker(args)
+    # The trainer's 'auto' must measure here, not read a choice cached by earlier runs.
+    os.environ["ENSEMBLE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ensemble_jax_bench_")
+
+    import jax
+    import jax.numpy as jnp
+    from ensemble_jax import io as eio
+    from ensemble_jax import TrainConfig
+    from ensemble_jax.training import strategies
+    from ensemble_jax.training import trainer as trainer_mod
+
     members = [1, 4] if args.quick else [int(x) for x in args.members.split(",")]
     names = args.strategies.split(",")
-    data = synthetic_dataset(256, image_size=args.image_size, seed=0)
-    model_cfg = ModelConfig()
-    train_cfg = TrainConfig(batch_size=args.batch_size, steps=1000)
-    if args.members_per_program:
-        train_cfg = dataclasses.replace(train_cfg, members_per_program=args.members_per_program)
-    spp = strategies.default_steps_per_program(jax.default_backend(), train_cfg.chunk_size)
+    default_group = TrainConfig().members_per_program
+    groups = [int(g) for g in args.groups.split(",")] if args.groups else [default_group]
+    backend = jax.default_backend()
+    spp = strategies.default_steps_per_program(backend, TrainConfig().chunk_size)
     ceil32 = matmul_ceiling(jnp.float32)
     ceil16 = matmul_ceiling(jnp.bfloat16)
-    rows = []
-    flops = None
+    headroom = None
+    if backend == "cpu" and not args.no_headroom:
+        headroom = {"one_core_images_per_s": one_core_loop(args), "cores": os.cpu_count()}
+        print(f"  one-core loop: {headroom['one_core_images_per_s']:.1f} img/s", flush=True)
+    rows, flops = [], None
     for n in members:
-        masks = random_subsets(data.n_frames, n, 0.5, seed=0, allow_duplicates=True)
-        trainer = EnsembleTrainer(model_cfg, train_cfg)
-        setup = trainer.setup(data, masks.astype(np.int32), np.arange(n), np.ones(n))
+        trainer, setup = build(n, args)
         if flops is None:
             flops = member_step_flops(setup)
         row = {"members": n}
+        runners = {}
         for name in names:
-            if n == 1 and name != "sequential":
-                continue  # one member: every strategy is the same program
-            runner = strategies.make_runner(name, setup.member_step, spp, n,
-                                            train_cfg.members_per_program)
-            m = strategies.measure(runner, setup.states, setup.inputs, setup.images,
-                                   setup.keypoints, probe_steps=args.steps)
-            ips = n * args.batch_size / m["step_s"]
-            row[name] = {"images_per_s": ips, "compile_s": m["compile_s"],
-                         "model_flops_per_s": flops * n / m["step_s"]}
-            print(f"  N={n:3d} {name:>10}: {ips:8.1f} img/s (compile {m['compile_s']:.1f} s)",
+            for g in (groups if name == "unrolled" else [None]):
+                if n == 1 and name != "sequential":
+                    continue  # one member: every strategy is the same program
+                if g is not None and g > n:
+                    continue
+                col = name if g is None else f"unrolled/g{g}"
+                # The trainer's own runner cache: 'auto' below reuses these programs.
+                runners[col] = trainer_mod._runner(name, setup.member_step, spp, n,
+                                                   g if g is not None else default_group)
+                t0 = time.perf_counter()
+                out, _ = runners[col](setup.states, setup.inputs, setup.images,
+                                      setup.keypoints, 0, spp)
+                jax.block_until_ready(out)
+                row[col] = {"compile_s": time.perf_counter() - t0, "step_s_rounds": []}
+                print(f"  N={n:3d} {col:>12}: compiled in {row[col]['compile_s']:.1f} s",
+                      flush=True)
+        columns = list(runners)
+        # Interleaved rounds: a drift of the shared machine hits every strategy alike;
+        # each strategy's best round is its throughput.
+        for rnd in range(args.rounds):
+            for col in columns:
+                t0 = time.perf_counter()
+                out, _ = runners[col](setup.states, setup.inputs, setup.images,
+                                      setup.keypoints, spp, args.steps)
+                jax.block_until_ready(out)
+                row[col]["step_s_rounds"].append((time.perf_counter() - t0) / args.steps)
+        for col in columns:
+            step_s = min(row[col]["step_s_rounds"])
+            row[col].update(images_per_s=n * args.batch_size / step_s,
+                            model_flops_per_s=flops * n / step_s)
+            print(f"  N={n:3d} {col:>12}: {row[col]['images_per_s']:8.1f} img/s "
+                  f"(rounds: {', '.join(f'{n * args.batch_size / t:.0f}' for t in row[col]['step_s_rounds'])})",
                   flush=True)
-        measured = {k: v for k, v in row.items() if isinstance(v, dict)}
-        best = max(measured, key=lambda k: measured[k]["images_per_s"])
-        row["auto"] = {"chosen": best, **measured[best]}
-        row["auto_vs_sequential"] = measured[best]["images_per_s"] / measured["sequential"]["images_per_s"]
+        _, info = trainer.choose_strategy(setup, log=lambda msg: None)
+        chosen = info["chosen"]
+        col = chosen if chosen != "unrolled" else f"unrolled/g{default_group}"
+        if col not in row:   # e.g. N=1 where only 'sequential' was measured
+            col = "sequential"
+        row["auto"] = {"chosen": chosen, "probe": info.get("table"), **row[col]}
+        row["auto_vs_sequential"] = row[col]["images_per_s"] / row["sequential"]["images_per_s"]
+        best = max(columns, key=lambda c: row[c]["images_per_s"])
+        row["best"] = {"column": best, **row[best]}
+        row["best_vs_sequential"] = row[best]["images_per_s"] / row["sequential"]["images_per_s"]
         rows.append(row)
 
     print()
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+    print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, "
           f"image {args.image_size}x{args.image_size}x3, batch {args.batch_size}, "
-          f"{flops / 1e6:.0f} MFLOP per member step, 'unrolled' traces "
-          f"{train_cfg.members_per_program} members per program")
+          f"{flops / 1e6:.0f} MFLOP per member step, best of {args.rounds} interleaved rounds of "
+          f"{args.steps} steps")
     print(f"matmul ceiling: float32 {ceil32 / 1e9:.1f} GFLOP/s, bfloat16 {ceil16 / 1e9:.1f} GFLOP/s")
-    head = f"{'N':>4} " + " ".join(f"{n + ' img/s':>17}" for n in names) + \
-        f" {'auto':>12} {'auto/seq':>9} {'GFLOP/s':>8} {'% f32 ceil':>10}"
-    print(head)
+    cols = [c for c in dict.fromkeys(c for r in rows for c in r
+                                     if isinstance(r[c], dict) and c not in ("auto", "best"))]
+    print(f"{'N':>4} " + " ".join(f"{c:>13}" for c in cols) +
+          f" {'auto picks':>11} {'auto/seq':>9} {'best/seq':>9} {'GFLOP/s':>8} {'% f32 ceil':>10}")
     for r in rows:
-        cells = " ".join(f"{r[n]['images_per_s']:17.1f}" if n in r else f"{'-':>17}" for n in names)
+        cells = " ".join(f"{r[c]['images_per_s']:13.1f}" if c in r else f"{'-':>13}" for c in cols)
         a = r["auto"]
-        print(f"{r['members']:4d} {cells} {a['chosen']:>12} {r['auto_vs_sequential']:9.2f} "
-              f"{a['model_flops_per_s'] / 1e9:8.2f} {100 * a['model_flops_per_s'] / ceil32:10.1f}")
+        print(f"{r['members']:4d} {cells} {a['chosen']:>11} {r['auto_vs_sequential']:9.2f} "
+              f"{r['best_vs_sequential']:9.2f} {a['model_flops_per_s'] / 1e9:8.2f} "
+              f"{100 * a['model_flops_per_s'] / ceil32:10.1f}")
+    if headroom and headroom["one_core_images_per_s"]:
+        seq = [r["sequential"]["images_per_s"] for r in rows if r["members"] > 1]
+        if seq:
+            bound = headroom["cores"] * headroom["one_core_images_per_s"] / (sum(seq) / len(seq))
+            headroom["bound_vs_sequential"] = bound
+            print(f"parallel headroom: the loop on 1 core {headroom['one_core_images_per_s']:.1f} "
+                  f"img/s; {headroom['cores']} cores at that efficiency would be at most "
+                  f"{bound:.2f}x the loop")
     result = {
         "benchmark": "train_throughput", "date": time.strftime("%Y-%m-%d"),
-        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind, "backend": backend,
         "jax": jax.__version__, "python": platform.python_version(),
-        "image_size": args.image_size, "batch_size": args.batch_size,
-        "model": dataclasses.asdict(model_cfg), "flops_per_member_step": flops,
+        "image_size": args.image_size, "batch_size": args.batch_size, "steps": args.steps,
+        "rounds": args.rounds,
+        "flops_per_member_step": flops,
         "matmul_ceiling_flops": {"float32": ceil32, "bfloat16": ceil16},
-        "steps_per_program": spp, "members_per_program": train_cfg.members_per_program,
-        "rows": rows,
+        "steps_per_program": spp, "groups": groups, "headroom": headroom, "rows": rows,
     }
     eio.write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -42,6 +42,23 @@ def test_strategies_agree(data):
                                    rtol=1e-3)
 
 
+def test_auto_measures_every_candidate_then_reuses_its_choice(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("ENSEMBLE_JAX_CACHE", str(tmp_path))   # an empty strategy cache
+    masks = random_subsets(data.n_frames, 4, 0.5, seed=0)
+    first = fit(data, masks, strategy="auto")
+    info = first.timing["strategy"]
+    print({k: round(v["images_per_s"]) for k, v in info["table"].items()}, "->", info["chosen"])
+    assert info["how"] == "measured"
+    assert set(info["table"]) == {"unrolled", "sequential", "vmap"}
+    assert info["chosen"] == min(info["table"], key=lambda k: info["table"][k]["step_s"])
+    assert first.strategy == info["chosen"]
+    assert (tmp_path / "strategies.json").exists()
+    second = fit(data, masks, strategy="auto")
+    assert second.timing["strategy"]["how"] == "cached"
+    assert second.strategy == first.strategy
+    np.testing.assert_array_equal(flat(second.params), flat(first.params))
+
+
 def test_member_does_not_depend_on_neighbours(data):
     masks = random_subsets(data.n_frames, 3, 0.5, seed=1)
     full = fit(data, masks, strategy="unrolled")

@@ -13,8 +13,9 @@ A chunk is a run of compiled programs, each `steps_per_program` steps long (a ro
 `lax.scan` on accelerators; one straight-line step on CPU, see
 `default_steps_per_program`), enqueued without host syncs; `auto`'s probe runs the very
 programs the training then reuses.
-`auto` times a few steps of each candidate on the current backend and caches the winner
-per backend and shapes in ~/.cache/ensemble_jax/strategies.json.
+`auto` times a few steps of each candidate on the current backend (the close contenders
+twice, best timing counts) and caches the winner per backend and shapes in
+~/.cache/ensemble_jax/strategies.json.
 """
 from __future__ import annotations
 
@@ -186,6 +187,10 @@ def candidates(backend: str, n_members: int) -> list[str]:
     if backend == "cpu":
         return ["unrolled", "sequential", "vmap"]
     return ["vmap", "unrolled", "sequential"]
+
+
+# `auto` times again every candidate within this factor of the fastest first timing.
+RETIME_WITHIN = 1.3
 
 
 def _cache_path() -> Path:

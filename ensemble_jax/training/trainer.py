@@ -153,15 +153,25 @@ class EnsembleTrainer:
             runners[name] = make(name)
             table[name] = strategies.measure(runners[name], s.states, s.inputs, s.images,
                                              s.keypoints)
+            log(f"strategy probe {name:>10}: {m * tc.batch_size / table[name]['step_s']:8.0f}"
+                f" img/s (compile {table[name]['compile_s']:.1f} s)")
+        # A second timing of the close contenders (programs already compiled): one short
+        # timing on a shared machine can be 20% off, more than the gaps between them.
+        fastest = min(t["step_s"] for t in table.values())
+        for name in names:
+            if len(names) > 1 and table[name]["step_s"] < strategies.RETIME_WITHIN * fastest:
+                again = strategies.measure(runners[name], s.states, s.inputs, s.images,
+                                           s.keypoints)["step_s"]
+                table[name]["step_s"] = min(table[name]["step_s"], again)
+        for name in names:
             table[name]["images_per_s"] = m * tc.batch_size / table[name]["step_s"]
-            log(f"strategy probe {name:>10}: {table[name]['images_per_s']:8.0f} img/s "
-                f"(compile {table[name]['compile_s']:.1f} s)")
         chosen = min(table, key=lambda k: table[k]["step_s"])
         chosen = names[sharding.agree(names.index(chosen))]
         entry = {"chosen": chosen, "table": table}
         if sharding.is_primary():
             strategies.store_cached(key, entry)
-        log(f"strategy: {chosen} (fastest measured on {jax.default_backend()})")
+        log(f"strategy: {chosen} (fastest measured on {jax.default_backend()}: " + ", ".join(
+            f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s)")
         return runners[chosen], dict(entry, how="measured")
 
     # ---------------------------------------------------------------- training
