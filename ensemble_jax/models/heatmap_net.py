@@ -13,6 +13,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ensemble_jax.models.upsample import ConvTranspose2x
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -74,9 +76,12 @@ class HeatmapNet(nn.Module):
                 x = nn.relu(conv(w)(x))
             stride *= 2
             skips[stride] = x
+        n_up = 0
         while stride > cfg.output_stride:
-            x = nn.ConvTranspose(cfg.head_width, (4, 4), strides=(2, 2), padding="SAME",
-                                 dtype=dtype)(x)
+            # = nn.ConvTranspose(head_width, (4, 4), strides=(2, 2), padding="SAME"), same
+            # parameters under the same name, 5x faster to train on XLA:CPU (upsample.py).
+            x = ConvTranspose2x(cfg.head_width, dtype=dtype, name=f"ConvTranspose_{n_up}")(x)
+            n_up += 1
             stride //= 2
             x = nn.relu(x + nn.Conv(cfg.head_width, (1, 1), dtype=dtype)(skips[stride]))
         x = nn.relu(conv(cfg.head_width)(x))
