@@ -1,0 +1,34 @@
+"""benchmarks/train_throughput.py runs end to end and writes what RESULTS.md quotes."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_throughput_quick(tmp_path):
+    out = tmp_path / "tt.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"),
+                           "--quick", "--steps", "1", "--rounds", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["members"]: r for r in data["rows"]}
+    assert set(rows) == {1, 4}
+    four = rows[4]
+    for col in ("sequential", "unrolled/g4", "vmap"):
+        assert len(four[col]["step_s_rounds"]) == 2 and four[col]["images_per_s"] > 0, col
+    # 'auto' is the trainer's own probe choice, and its figure is that strategy's row.
+    assert four["auto"]["chosen"] in ("sequential", "unrolled", "vmap")
+    assert set(four["auto"]["probe"]) == {"sequential", "unrolled", "vmap"}
+    assert math.isclose(four["auto_vs_sequential"] * four["sequential"]["images_per_s"],
+                        four["auto"]["images_per_s"], rel_tol=1e-9)
+    assert four["best_vs_sequential"] >= four["auto_vs_sequential"] - 1e-9
+    if data["backend"] == "cpu":
+        assert data["headroom"]["one_core_images_per_s"] > 0
+        assert data["headroom"]["bound_vs_sequential"] > 0
