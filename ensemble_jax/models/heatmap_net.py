@@ -79,7 +79,7 @@ class HeatmapNet(nn.Module):
         n_up = 0
         while stride > cfg.output_stride:
             # = nn.ConvTranspose(head_width, (4, 4), strides=(2, 2), padding="SAME"), same
-            # parameters under the same name, 5x faster to train on XLA:CPU (upsample.py).
+            # parameters under the same name, ~4.5x faster to train on XLA:CPU (upsample.py).
             x = ConvTranspose2x(cfg.head_width, dtype=dtype, name=f"ConvTranspose_{n_up}")(x)
             n_up += 1
             stride //= 2
