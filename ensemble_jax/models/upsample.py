@@ -5,7 +5,7 @@ zero-dilated input. XLA:CPU runs its gradient on a slow path: 20.8 ms of a ~70 m
 step at the default sizes (6.5 GFLOP/s against 23-98 for every other layer;
 benchmarks/RESULTS.md). The same function, with the same parameters, is a 3x3 "SAME"
 convolution of the undilated input into 4 x f channels, one per output phase, followed by
-depth-to-space; its gradients are ordinary convolutions (22.6 -> 4.9 ms here).
+depth-to-space; its gradients are ordinary convolutions (~23 -> ~5-7 ms here).
 
 Why it is the same function (1-D, per axis): lax.conv_transpose with kernel 4, stride 2 and
 "SAME" sends x[i] W[k] to y[2i + 2 - k], so y[2m] = x[m-1] W[0] + x[m] W[2] and
