@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--swap-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "unrolled", "sequential"])
+    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "vmap_matmul", "unrolled", "sequential"])
     p.add_argument("--out", default="benchmarks/out/aum_openfield.json")
     p.add_argument("--run-dir", default=None,
                    help="keep the run directory here (default: a temporary folder)")

@@ -79,7 +79,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--widths", default="8,16,32")
     p.add_argument("--strategy", default="unrolled",
-                   choices=["auto", "vmap", "unrolled", "sequential"])
+                   choices=["auto", "vmap", "vmap_matmul", "unrolled", "sequential"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/scaling.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

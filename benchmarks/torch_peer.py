@@ -10,7 +10,7 @@ size and steps) are trained four ways in one process, in interleaved timing roun
                  stacked parameters (Adam is elementwise, so each member's update is its
                  own).
   jax sequential the engine's reference loop of single-member jitted steps.
-  jax unrolled/gG, jax vmap
+  jax unrolled/gG, jax vmap, jax vmap_matmul
                  the engine's member-parallel programs (see train_throughput.py).
 
 Every variant does the same work per member step: draw a batch from the member's own
@@ -218,7 +218,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", default="4,16")
-    p.add_argument("--jax-strategies", default="sequential,unrolled,vmap")
+    p.add_argument("--jax-strategies", default="sequential,unrolled,vmap,vmap_matmul")
     p.add_argument("--groups", default=None,
                    help="members per JAX 'unrolled' program, comma list (default: TrainConfig's)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
@@ -257,7 +257,7 @@ def main() -> None:
                 if (n == 1 and name != "sequential") or (g is not None and g > n):
                     continue
                 col = f"jax {name}" if g is None else f"jax unrolled/g{g}"
-                runners[col] = trainer_mod._runner(name, setup.member_step, spp, n,
+                runners[col] = trainer_mod._runner(name, trainer._step_for(setup, name), spp, n,
                                                    g or tc.members_per_program)
         # Each member of both torch variants starts from its JAX member's initial weights.
         inits = [load_flax_params(TorchHeatmapNet(mc.widths, mc.convs_per_stage, stride,

@@ -9,6 +9,7 @@ JAX matmul ceiling (float32 and bfloat16) of this device.
                when shuffles are trained one at a time.
   unrolled/gG  one program steps G members traced one after the other (--groups).
   vmap         one program, `jax.vmap` over members (grouped convolutions).
+  vmap_matmul  the same, the convolutions written as matrix products (batched matmuls).
   auto         what `EnsembleTrainer` with strategy="auto" picks, by its own probe
                (run with an empty strategy cache), reusing the programs compiled above;
                its images/s are this run's measurement of the strategy it picked.
@@ -101,7 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", default="1,4,16,32,64")
-    p.add_argument("--strategies", default="sequential,unrolled,vmap")
+    p.add_argument("--strategies", default="sequential,unrolled,vmap,vmap_matmul")
     p.add_argument("--groups", default=None,
                    help="comma list of members per 'unrolled' program (default: TrainConfig's)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
@@ -153,7 +154,7 @@ def main() -> None:
                     continue
                 col = name if g is None else f"unrolled/g{g}"
                 # The trainer's own runner cache: 'auto' below reuses these programs.
-                runners[col] = trainer_mod._runner(name, setup.member_step, spp, n,
+                runners[col] = trainer_mod._runner(name, trainer._step_for(setup, name), spp, n,
                                                    g if g is not None else default_group)
                 t0 = time.perf_counter()
                 out, _ = runners[col](setup.states, setup.inputs, setup.images,

@@ -199,3 +199,28 @@ def test_sweep_in_waves_on_8_devices_equals_plain_sweep(tmp_path):
     summary = json.loads((tmp_path / "waves" / "summary.json").read_text())
     assert len(summary["scale_out"]["waves"]) == 4 and summary["scale_out"]["devices"] == 8
     _compare_run_dirs(tmp_path / "waves", tmp_path / "plain")
+
+
+def test_vmap_matmul_sharded_matches_single_device_loop(tmp_path):
+    """The 'vmap_matmul' program (its own network form) on 2 devices = the loop on one."""
+    code = f"""
+import sys, numpy as np
+sys.path.insert(0, {str(WORKER.parent)!r})
+import scale_out_worker as W
+from ensemble_jax import EnsembleTrainer
+from ensemble_jax.subsets import random_subsets
+from ensemble_jax.training import sharding
+d = W.data()
+masks = random_subsets(d.n_frames, 4, 0.5, seed=0)
+res = EnsembleTrainer(W.SMALL, W.config(strategy="vmap_matmul", checkpoint_every=0)).fit(
+    d, masks, progress=False, mesh=sharding.make_mesh())
+np.save({str(tmp_path / "p.npy")!r}, W.flat(res.params))
+print(res.strategy, sharding.n_shards(sharding.make_mesh()))
+"""
+    proc = _run(["-c", code], n_devices=2)
+    assert proc.stdout.split()[-2:] == ["vmap_matmul", "2"]
+    d = W.data()
+    masks = random_subsets(d.n_frames, 4, 0.5, seed=0)
+    ref = EnsembleTrainer(W.SMALL, W.config(strategy="sequential", checkpoint_every=0)).fit(
+        d, masks, progress=False)
+    assert rel(np.load(tmp_path / "p.npy"), W.flat(ref.params)) < 1e-4

@@ -13,6 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ensemble_jax.models.matmul_conv import MatmulConv
 from ensemble_jax.models.upsample import ConvTranspose2x
 
 
@@ -26,12 +27,17 @@ class ModelConfig:
         at most 2 ** len(widths)); the head upsamples with transposed convolutions and
         adds the encoder feature of the same resolution (a U-Net style skip).
     dtype: compute dtype ('float32' or 'bfloat16'); parameters stay float32.
+    conv_impl: how convolutions are computed: 'xla' (lax convolutions) or 'matmul'
+        (shifted copies times the kernel, models/matmul_conv.py: under vmap over members a
+        batched matrix product instead of a grouped convolution). Same parameters and
+        function; the trainer's 'vmap_matmul' strategy switches it on for its program.
     """
     widths: Sequence[int] = (16, 32, 64)
     convs_per_stage: int = 1
     output_stride: int = 4
     head_width: int = 32
     dtype: str = "float32"
+    conv_impl: str = "xla"
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -47,6 +53,8 @@ class ModelConfig:
                 f"stages, widths has {len(widths)}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"ModelConfig.dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.conv_impl not in ("xla", "matmul"):
+            raise ValueError(f"ModelConfig.conv_impl must be 'xla' or 'matmul', got {self.conv_impl!r}")
 
     @property
     def input_multiple(self) -> int:
@@ -66,7 +74,14 @@ class HeatmapNet(nn.Module):
         if images.dtype == jnp.uint8:
             x = x / 255.0
         x = (x - 0.5).astype(dtype)
-        conv = lambda w, s=1, k=3: nn.Conv(w, (k, k), strides=(s, s), padding="SAME", dtype=dtype)
+        n_conv = iter(range(10 ** 6))
+
+        def conv(w, s=1, k=3, **kw):
+            # Named as Flax names nn.Conv, so both implementations share one parameter tree.
+            name = f"Conv_{next(n_conv)}"
+            if cfg.conv_impl == "matmul":
+                return MatmulConv(w, (k, k), strides=(s, s), dtype=dtype, name=name, **kw)
+            return nn.Conv(w, (k, k), strides=(s, s), padding="SAME", dtype=dtype, name=name, **kw)
         x = nn.relu(conv(cfg.widths[0])(x))
         skips = {1: x}
         stride = 1
@@ -80,13 +95,13 @@ class HeatmapNet(nn.Module):
         while stride > cfg.output_stride:
             # = nn.ConvTranspose(head_width, (4, 4), strides=(2, 2), padding="SAME"), same
             # parameters under the same name, ~4.5x faster to train on XLA:CPU (upsample.py).
-            x = ConvTranspose2x(cfg.head_width, dtype=dtype, name=f"ConvTranspose_{n_up}")(x)
+            x = ConvTranspose2x(cfg.head_width, dtype=dtype, impl=cfg.conv_impl,
+                                name=f"ConvTranspose_{n_up}")(x)
             n_up += 1
             stride //= 2
-            x = nn.relu(x + nn.Conv(cfg.head_width, (1, 1), dtype=dtype)(skips[stride]))
+            x = nn.relu(x + conv(cfg.head_width, k=1)(skips[stride]))
         x = nn.relu(conv(cfg.head_width)(x))
         # Bias starts negative so the initial heatmaps are near 0 (the background).
-        x = nn.Conv(self.n_keypoints, (1, 1), dtype=dtype,
-                    bias_init=nn.initializers.constant(-4.0))(x)
+        x = conv(self.n_keypoints, k=1, bias_init=nn.initializers.constant(-4.0))(x)
         return jnp.transpose(x.astype(jnp.float32), (0, 3, 1, 2))
 

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from ensemble_jax.models.matmul_conv import conv_as_matmul
+
 # _TAPS[p][a]: the row (column) of the 4x4 kernel that output phase p applies at input
 # offset a - 1; 4 = a zero row.
 _TAPS = ((0, 2, 4), (4, 1, 3))
@@ -48,6 +50,7 @@ class ConvTranspose2x(nn.Module):
     dtype: jnp.dtype | None = None
     kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    impl: str = "xla"        # or "matmul": the 3x3 convolution as a matrix product (matmul_conv.py)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -55,8 +58,11 @@ class ConvTranspose2x(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (4, 4, c, self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = lax.conv_general_dilated(x, phase_kernel(kernel), (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.impl == "matmul":
+            y = conv_as_matmul(x, phase_kernel(kernel))
+        else:
+            y = lax.conv_general_dilated(x, phase_kernel(kernel), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
         b, h, w = x.shape[:3]
         y = y.reshape(b, h, w, 2, 2, self.features)           # [..., py, px, F]
         y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, 2 * h, 2 * w, self.features)

@@ -5,7 +5,7 @@ import dataclasses
 
 import optax
 
-STRATEGIES = ("auto", "vmap", "unrolled", "sequential")
+STRATEGIES = ("auto", "vmap", "vmap_matmul", "unrolled", "sequential")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 

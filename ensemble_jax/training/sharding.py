@@ -183,7 +183,7 @@ class ShardedRunner(strategies.ChunkRunner):
                              "devices (pad them with sharding.pad_members)")
         self.name, self.member_step, self.mesh = name, member_step, mesh
         self.local = n_members // d
-        if name == "vmap":
+        if name in strategies.VMAP_STRATEGIES:
             self.group = self.local
         elif name == "unrolled":
             self.group = strategies.group_size(self.local, members_per_program)
@@ -194,7 +194,7 @@ class ShardedRunner(strategies.ChunkRunner):
         self.n_members = n_members
 
     def _body(self, length: int) -> Callable:
-        if self.name == "vmap":
+        if self.name in strategies.VMAP_STRATEGIES:
             return strategies.vmapped_steps(self.member_step, length, self.backend)
         return strategies.unrolled_steps(self.member_step, self.group, length, self.backend)
 

@@ -5,6 +5,10 @@ stacked state, so they agree to float tolerance and can be swapped freely:
 
   vmap        one program; `jax.vmap` over members. Convolutions whose kernels carry the
               member axis lower to grouped convolutions: fast on some GPUs, slow on CPU.
+  vmap_matmul the same with the network's convolutions written as matrix products of
+              shifted copies (ModelConfig.conv_impl="matmul"): under vmap, batched matrix
+              products instead of grouped convolutions (more memory: 9 copies per 3x3).
+              The caller passes the member step of that network.
   unrolled    one program per group of `members_per_program` members, traced one after the
               other (no grouped convs); XLA schedules the independent members together.
   sequential  the reference loop: one single-member program, called for each member.
@@ -116,11 +120,9 @@ class ChunkRunner:
 
 
 class VmapRunner(ChunkRunner):
-    name = "vmap"
-
-    def __init__(self, member_step: Callable, steps_per_program: int):
+    def __init__(self, member_step: Callable, steps_per_program: int, name: str = "vmap"):
         super().__init__(steps_per_program)
-        self.member_step = member_step
+        self.member_step, self.name = member_step, name
 
     def _build(self, length: int) -> Callable:
         return jax.jit(vmapped_steps(self.member_step, length, self.backend))
@@ -170,14 +172,19 @@ def group_size(n_members: int, members_per_program: int) -> int:
 
 def make_runner(name: str, member_step: Callable, steps_per_program: int, n_members: int,
                 members_per_program: int) -> ChunkRunner:
-    if name == "vmap":
-        return VmapRunner(member_step, steps_per_program)
+    if name in VMAP_STRATEGIES:
+        return VmapRunner(member_step, steps_per_program, name)
     if name == "unrolled":
         return GroupRunner(member_step, steps_per_program,
                            group_size(n_members, members_per_program), "unrolled")
     if name == "sequential":
         return GroupRunner(member_step, steps_per_program, 1, "sequential")
-    raise ValueError(f"unknown strategy {name!r}; choose one of vmap, unrolled, sequential, auto")
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(ALL)}, auto")
+
+
+# Every strategy; process 0 tells the others its choice by index in this tuple.
+ALL = ("vmap", "vmap_matmul", "unrolled", "sequential")
+VMAP_STRATEGIES = ("vmap", "vmap_matmul")
 
 
 def candidates(backend: str, n_members: int) -> list[str]:
@@ -185,8 +192,8 @@ def candidates(backend: str, n_members: int) -> list[str]:
     if n_members == 1:
         return ["sequential"]
     if backend == "cpu":
-        return ["unrolled", "sequential", "vmap"]
-    return ["vmap", "unrolled", "sequential"]
+        return ["unrolled", "sequential", "vmap", "vmap_matmul"]
+    return ["vmap", "vmap_matmul", "unrolled", "sequential"]
 
 
 # `auto` times again every candidate within this factor of the fastest first timing.

@@ -118,16 +118,26 @@ class EnsembleTrainer:
         return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
                       jnp.asarray(dataset.keypoints), n_real=m)
 
+    def _step_for(self, s: _Setup, name: str) -> Callable:
+        """The member step a strategy runs: the setup's own, except for 'vmap_matmul', whose
+        network computes its convolutions as matrix products (same function, same params)."""
+        if name != "vmap_matmul" or self.model_config.conv_impl == "matmul":
+            return s.member_step
+        mc = dataclasses.replace(self.model_config, conv_impl="matmul")
+        return _member_step(mc, _step_key(self.train_config), tuple(s.images.shape[1:3]),
+                            int(s.keypoints.shape[1]))
+
     def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
         tc = self.train_config
         m = int(s.inputs.subset_size.shape[0])
         spp = tc.steps_per_program or strategies.default_steps_per_program(
             jax.default_backend(), tc.chunk_size)
         if s.mesh is None:
-            make = lambda name: _runner(name, s.member_step, spp, m, tc.members_per_program)
+            make = lambda name: _runner(name, self._step_for(s, name), spp, m,
+                                        tc.members_per_program)
             local, mesh_facts = m, None
         else:  # the strategy applies inside each device, to its block of members
-            make = lambda name: _sharded_runner(name, s.member_step, spp, m,
+            make = lambda name: _sharded_runner(name, self._step_for(s, name), spp, m,
                                                 tc.members_per_program, s.mesh)
             local = m // sharding.n_shards(s.mesh)
             mesh_facts = (sharding.n_shards(s.mesh), jax.process_count())
@@ -141,8 +151,8 @@ class EnsembleTrainer:
         cached = strategies.load_cached(key)
         # Every process must run the same programs: process 0's cache and choice decide.
         if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
-            chosen = ["vmap", "unrolled", "sequential"][sharding.agree(
-                ["vmap", "unrolled", "sequential"].index(cached["chosen"]) if cached else 0)]
+            chosen = strategies.ALL[sharding.agree(
+                strategies.ALL.index(cached["chosen"]) if cached else 0)]
             log(f"strategy: {chosen} (process 0's cached measurement)")
             return make(chosen), {"chosen": chosen, "how": "cached"}
         if cached and jax.process_count() == 1:
@@ -153,7 +163,7 @@ class EnsembleTrainer:
             runners[name] = make(name)
             table[name] = strategies.measure(runners[name], s.states, s.inputs, s.images,
                                              s.keypoints)
-            log(f"strategy probe {name:>10}: {m * tc.batch_size / table[name]['step_s']:8.0f}"
+            log(f"strategy probe {name:>11}: {m * tc.batch_size / table[name]['step_s']:8.0f}"
                 f" img/s (compile {table[name]['compile_s']:.1f} s)")
         # A second timing of the close contenders (programs already compiled): one short
         # timing on a shared machine can be 20% off, more than the gaps between them.

@@ -90,16 +90,25 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
                       for x in jax.tree_util.tree_leaves(state))
     temp = None
     if measure:
+        # 'vmap_matmul' (a candidate of 'auto') trains a network whose convolutions hold
+        # kh*kw shifted copies of their input: size the waves for the larger of the two.
+        impls = {model_config.conv_impl}
+        if train_config.strategy in ("auto", "vmap_matmul"):
+            impls.add("matmul")
         try:
-            step = _member_step(model_config, _step_key(train_config), (h, w), k)
             ins = MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
                                jax.ShapeDtypeStruct((), jnp.int32),
                                jax.ShapeDtypeStruct((), jnp.float32))
-            compiled = jax.jit(step).lower(
-                state, ins, jax.ShapeDtypeStruct((), jnp.int32),
-                jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8),
-                jax.ShapeDtypeStruct((n, k, 2), jnp.float32)).compile()
-            temp = int(compiled.memory_analysis().temp_size_in_bytes)
+            temps = []
+            for impl in sorted(impls):
+                mc = dataclasses.replace(model_config, conv_impl=impl)
+                step = _member_step(mc, _step_key(train_config), (h, w), k)
+                compiled = jax.jit(step).lower(
+                    state, ins, jax.ShapeDtypeStruct((), jnp.int32),
+                    jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8),
+                    jax.ShapeDtypeStruct((n, k, 2), jnp.float32)).compile()
+                temps.append(int(compiled.memory_analysis().temp_size_in_bytes))
+            temp = max(temps)
         except Exception:
             temp = None
     if temp is None:   # activations: each stage's feature maps, forward + backward
