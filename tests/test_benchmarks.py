@@ -35,3 +35,18 @@ def test_train_throughput_quick(tmp_path):
     if data["backend"] == "cpu":
         assert data["headroom"]["one_core_images_per_s"] > 0
         assert data["headroom"]["bound_vs_sequential"] > 0
+
+
+@pytest.mark.slow
+def test_precision_quick(tmp_path):
+    out = tmp_path / "p.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"float32", "bfloat16", "float32 seed 1"}
+    for r in rows.values():
+        assert len(r["member_test_error_px"]) == 2 and r["ensemble_test_error_px"] > 0
+        assert r["train_images_per_s"] > 0 and r["matmul_ceiling_flops"] > 0
+    assert rows["float32"]["ensemble_error_vs_float32"] == 1.0
