@@ -10,9 +10,13 @@ JAX matmul ceiling (float32 and bfloat16) of this device.
   unrolled/gG  one program steps G members traced one after the other (--groups).
   vmap         one program, `jax.vmap` over members (grouped convolutions).
   vmap_matmul  the same, the convolutions written as matrix products (batched matmuls).
+  cores/S      on a CPU with several cores: the members split over one JAX CPU device
+               per core (training/cpu_cores.py), each device running strategy S on its
+               own block, as `ensemble-jax sweep` trains on a CPU.
   auto         what `EnsembleTrainer` with strategy="auto" picks, by its own probe
-               (run with an empty strategy cache), reusing the programs compiled above;
-               its images/s are this run's measurement of the strategy it picked.
+               (run with an empty strategy cache), reusing the programs compiled above,
+               in the layout the command line uses (over the cores where there are
+               several); its images/s are this run's measurement of the strategy it picked.
 
 Parallel headroom (CPU only): the same loop, pinned to one core in a subprocess. If
 spreading members over C cores kept each core as efficient as the one-core run, the
@@ -65,7 +69,7 @@ def member_step_flops(setup) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def build(n: int, args):
+def build(n: int, args, mesh=None):
     import numpy as np
     from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
     from ensemble_jax.subsets import random_subsets
@@ -73,7 +77,8 @@ def build(n: int, args):
     data = synthetic_dataset(256, image_size=args.image_size, seed=0)
     trainer = EnsembleTrainer(ModelConfig(), TrainConfig(batch_size=args.batch_size, steps=1000))
     masks = random_subsets(data.n_frames, n, 0.5, seed=0, allow_duplicates=True)
-    return trainer, trainer.setup(data, masks.astype(np.int32), np.arange(n), np.ones(n))
+    return trainer, trainer.setup(data, masks.astype(np.int32), np.arange(n), np.ones(n),
+                                  mesh=mesh)
 
 
 def one_core_loop(args) -> float | None:
@@ -111,6 +116,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--no-headroom", action="store_true", help="skip the one-core run")
+    p.add_argument("--cores-strategies", default="sequential,unrolled",
+                   help="strategies timed with the members split over the CPU's cores")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
     p.add_argument("--one-core-worker", action="store_true", help=argparse.SUPPRESS)
@@ -119,12 +126,14 @@ def main() -> None:
         return one_core_worker(args)
     # The trainer's 'auto' must measure here, not read a choice cached by earlier runs.
     os.environ["ENSEMBLE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ensemble_jax_bench_")
+    from ensemble_jax.training.cpu_cores import use_cpu_cores
+    use_cpu_cores()   # as the command line does, before JAX starts
 
     import jax
     import jax.numpy as jnp
     from ensemble_jax import io as eio
     from ensemble_jax import TrainConfig
-    from ensemble_jax.training import strategies
+    from ensemble_jax.training import sharding, strategies
     from ensemble_jax.training import trainer as trainer_mod
 
     members = [1, 4] if args.quick else [int(x) for x in args.members.split(",")]
@@ -139,13 +148,16 @@ def main() -> None:
     if backend == "cpu" and not args.no_headroom:
         headroom = {"one_core_images_per_s": one_core_loop(args), "cores": os.cpu_count()}
         print(f"  one-core loop: {headroom['one_core_images_per_s']:.1f} img/s", flush=True)
+    # Several CPU devices = the CPU's cores as devices (cpu_cores.py); the plain columns
+    # run on the first device only.
+    mesh = sharding.make_mesh() if backend == "cpu" and jax.local_device_count() > 1 else None
     rows, flops = [], None
     for n in members:
         trainer, setup = build(n, args)
         if flops is None:
             flops = member_step_flops(setup)
         row = {"members": n}
-        runners = {}
+        runners, setups = {}, {}
         for name in names:
             for g in (groups if name == "unrolled" else [None]):
                 if n == 1 and name != "sequential":
@@ -161,6 +173,24 @@ def main() -> None:
                                       setup.keypoints, 0, spp)
                 jax.block_until_ready(out)
                 row[col] = {"compile_s": time.perf_counter() - t0, "step_s_rounds": []}
+                setups[col] = setup
+                print(f"  N={n:3d} {col:>12}: compiled in {row[col]['compile_s']:.1f} s",
+                      flush=True)
+        setup_cores = None
+        if mesh is not None and n > 1:
+            _, setup_cores = build(n, args, mesh)
+            m_pad = int(setup_cores.inputs.subset_size.shape[0])
+            for name in args.cores_strategies.split(","):
+                col = f"cores/{name}"
+                # The trainer's own cache again: 'auto' over the cores reuses these.
+                runners[col] = trainer_mod._sharded_runner(
+                    name, trainer._step_for(setup_cores, name), spp, m_pad, default_group, mesh)
+                t0 = time.perf_counter()
+                out, _ = runners[col](setup_cores.states, setup_cores.inputs, setup_cores.images,
+                                      setup_cores.keypoints, 0, spp)
+                jax.block_until_ready(out)
+                row[col] = {"compile_s": time.perf_counter() - t0, "step_s_rounds": []}
+                setups[col] = setup_cores
                 print(f"  N={n:3d} {col:>12}: compiled in {row[col]['compile_s']:.1f} s",
                       flush=True)
         columns = list(runners)
@@ -168,9 +198,9 @@ def main() -> None:
         # each strategy's best round is its throughput.
         for rnd in range(args.rounds):
             for col in columns:
+                s = setups[col]
                 t0 = time.perf_counter()
-                out, _ = runners[col](setup.states, setup.inputs, setup.images,
-                                      setup.keypoints, spp, args.steps)
+                out, _ = runners[col](s.states, s.inputs, s.images, s.keypoints, spp, args.steps)
                 jax.block_until_ready(out)
                 row[col]["step_s_rounds"].append((time.perf_counter() - t0) / args.steps)
         for col in columns:
@@ -180,9 +210,22 @@ def main() -> None:
             print(f"  N={n:3d} {col:>12}: {row[col]['images_per_s']:8.1f} img/s "
                   f"(rounds: {', '.join(f'{n * args.batch_size / t:.0f}' for t in row[col]['step_s_rounds'])})",
                   flush=True)
-        _, info = trainer.choose_strategy(setup, log=lambda msg: None)
+        _, info = trainer.choose_strategy(setup_cores or setup, log=lambda msg: None)
         chosen = info["chosen"]
-        col = chosen if chosen != "unrolled" else f"unrolled/g{default_group}"
+        if setup_cores is not None:
+            col = f"cores/{chosen}"
+            if col not in row:   # a strategy not timed over the cores above: time it now
+                r = trainer_mod._sharded_runner(chosen, trainer._step_for(setup_cores, chosen),
+                                                spp, m_pad, default_group, mesh)
+                best_s = min(strategies.measure(r, setup_cores.states, setup_cores.inputs,
+                                                setup_cores.images, setup_cores.keypoints,
+                                                probe_steps=args.steps)["step_s"]
+                             for _ in range(args.rounds))
+                row[col] = {"step_s_rounds": [best_s],
+                            "images_per_s": n * args.batch_size / best_s,
+                            "model_flops_per_s": flops * n / best_s}
+        else:
+            col = chosen if chosen != "unrolled" else f"unrolled/g{default_group}"
         if col not in row:   # e.g. N=1 where only 'sequential' was measured
             col = "sequential"
         row["auto"] = {"chosen": chosen, "probe": info.get("table"), **row[col]}
@@ -200,10 +243,10 @@ def main() -> None:
     print(f"matmul ceiling: float32 {ceil32 / 1e9:.1f} GFLOP/s, bfloat16 {ceil16 / 1e9:.1f} GFLOP/s")
     cols = [c for c in dict.fromkeys(c for r in rows for c in r
                                      if isinstance(r[c], dict) and c not in ("auto", "best"))]
-    print(f"{'N':>4} " + " ".join(f"{c:>13}" for c in cols) +
+    print(f"{'N':>4} " + " ".join(f"{c:>16}" for c in cols) +
           f" {'auto picks':>11} {'auto/seq':>9} {'best/seq':>9} {'GFLOP/s':>8} {'% f32 ceil':>10}")
     for r in rows:
-        cells = " ".join(f"{r[c]['images_per_s']:13.1f}" if c in r else f"{'-':>13}" for c in cols)
+        cells = " ".join(f"{r[c]['images_per_s']:16.1f}" if c in r else f"{'-':>16}" for c in cols)
         a = r["auto"]
         print(f"{r['members']:4d} {cells} {a['chosen']:>11} {r['auto_vs_sequential']:9.2f} "
               f"{r['best_vs_sequential']:9.2f} {a['model_flops_per_s'] / 1e9:8.2f} "
@@ -224,7 +267,8 @@ def main() -> None:
         "rounds": args.rounds,
         "flops_per_member_step": flops,
         "matmul_ceiling_flops": {"float32": ceil32, "bfloat16": ceil16},
-        "steps_per_program": spp, "groups": groups, "headroom": headroom, "rows": rows,
+        "steps_per_program": spp, "groups": groups, "headroom": headroom,
+        "cpu_devices": jax.local_device_count() if mesh is not None else 1, "rows": rows,
     }
     eio.write_json(args.out, result)
     print(f"wrote {args.out}")

@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_argument_group("several devices and hosts (results equal a one-device run's)")
     g.add_argument("--devices", type=int, default=None, metavar="N",
                    help="devices per process to shard the members over (default: all)")
+    g.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="on a CPU: JAX devices to make of its cores, each training its own "
+                        "block of members (default: one per core, at most 8, or "
+                        "ENSEMBLE_JAX_CPU_DEVICES; 1 = one device; ignored when XLA_FLAGS "
+                        "or JAX_NUM_CPU_DEVICES sets a count)")
     g.add_argument("--members-per-wave", type=int, default=None, metavar="W",
                    help="train the members in waves of at most W (default: as many as fit "
                         "the memory budget)")
@@ -135,6 +140,13 @@ def sweep_configs(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        try:   # before any JAX computation (cpu_cores.py says why)
+            from ensemble_jax.training.cpu_cores import use_cpu_cores
+            use_cpu_cores(args.cpu_devices)
+        except ValueError as e:
+            print(f"ensemble-jax sweep: error: {e}", file=sys.stderr)
+            return 2
     _enable_compile_cache()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     try:
