@@ -32,6 +32,7 @@ import jax  # noqa: E402
 from ensemble_jax import io as eio  # noqa: E402
 from ensemble_jax.analysis.analyze import analyze  # noqa: E402
 from ensemble_jax.data.load import load_dataset  # noqa: E402
+from ensemble_jax.training.config import STRATEGIES  # noqa: E402
 from ensemble_jax.models.heatmap_net import ModelConfig  # noqa: E402
 from ensemble_jax.sweep import SweepConfig, run_sweep  # noqa: E402
 from ensemble_jax.training.config import TrainConfig  # noqa: E402
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--swap-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", default="auto", choices=["auto", "vmap", "vmap_matmul", "unrolled", "sequential"])
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.add_argument("--out", default="benchmarks/out/aum_openfield.json")
     p.add_argument("--run-dir", default=None,
                    help="keep the run directory here (default: a temporary folder)")

@@ -52,7 +52,7 @@ def main() -> None:
     import numpy as np
     from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, io as eio
     from ensemble_jax import synthetic_dataset
-    from ensemble_jax.analysis.metrics import mean_pose_baseline, pixel_errors
+    from ensemble_jax.analysis.metrics import mean_error, mean_pose_baseline, pixel_errors
     from ensemble_jax.subsets import random_subsets
     from ensemble_jax.training.result import consensus
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -74,14 +74,14 @@ def main() -> None:
         wall = time.perf_counter() - t0
         pred = res.predict(test.images)
         err = pixel_errors(pred.keypoints, test.keypoints[None])         # [M, B, K]
-        member = np.nanmean(err, axis=(1, 2))
+        member = mean_error(err, axis=(1, 2))
         ens = consensus(pred.keypoints, pred.confidences)
         rows[label] = {
             "dtype": name, "train_seed": cfg.seed, "strategy": res.strategy, "wall_s": wall,
             "train_images_per_s": res.timing["images_per_s"],
             "member_test_error_px": member.tolist(),
             "member_mean_px": float(member.mean()),
-            "ensemble_test_error_px": float(np.nanmean(pixel_errors(ens, test.keypoints))),
+            "ensemble_test_error_px": float(mean_error(pixel_errors(ens, test.keypoints))),
             "final_loss": float(np.nanmean(res.losses[-10:])),
             "matmul_ceiling_flops": matmul_ceiling(jnp.dtype(name)),
         }

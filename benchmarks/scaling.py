@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ensemble_jax.training.config import STRATEGIES  # noqa: E402  (no JAX backend starts)
 
 
 def worker(args) -> None:
@@ -79,7 +80,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--widths", default="8,16,32")
     p.add_argument("--strategy", default="unrolled",
-                   choices=["auto", "vmap", "vmap_matmul", "unrolled", "sequential"])
+                   choices=STRATEGIES)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/scaling.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from ensemble_jax.training.config import STRATEGIES
+
 
 def _enable_compile_cache() -> None:
     """Reuse compiled XLA programs across runs (the strategy probes compile several)."""
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--widths", type=_ints, default=None, help="encoder widths, e.g. 16,32,64")
-    s.add_argument("--strategy", choices=["auto", "vmap", "vmap_matmul", "unrolled", "sequential"], default=None)
+    s.add_argument("--strategy", choices=STRATEGIES, default=None)
     s.add_argument("--chunk-size", type=int, default=None)
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)

@@ -1,25 +1,14 @@
 """benchmarks/train_throughput.py runs end to end and writes what RESULTS.md quotes."""
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ensemble_jax.training import strategies
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_train_throughput_quick(tmp_path):
-    out = tmp_path / "tt.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"),
-                           "--quick", "--steps", "1", "--rounds", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+def test_train_throughput_quick(run_benchmark):
+    data = run_benchmark("train_throughput.py", "--quick", "--steps", "1", "--rounds", "2")
     rows = {r["members"]: r for r in data["rows"]}
     assert set(rows) == {1, 4}
     four = rows[4]
@@ -38,13 +27,8 @@ def test_train_throughput_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_precision_quick(tmp_path):
-    out = tmp_path / "p.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+def test_precision_quick(run_benchmark):
+    rows = run_benchmark("precision.py", "--quick")["rows"]
     assert set(rows) == {"float32", "bfloat16", "float32 seed 1"}
     for r in rows.values():
         assert len(r["member_test_error_px"]) == 2 and r["ensemble_test_error_px"] > 0

@@ -1,11 +1,7 @@
 """Every kernel in ensemble_jax.kernels against its loop twin in tests/numpy_twins.py."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +17,6 @@ try:
 except ImportError:  # tests/ became a package
     from tests import numpy_twins as tw
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = settings(max_examples=8, deadline=None, database=None, derandomize=True)
 close = lambda a, b, **kw: np.testing.assert_allclose(np.asarray(a, np.float64), b, **kw)
 
@@ -374,13 +369,8 @@ def test_spread_checks():
 
 
 # ----------------------------------------------------------------------------- benchmark
-def test_benchmark_quick(tmp_path):
-    out = tmp_path / "kernels.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels.py"), "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
+def test_benchmark_quick(run_benchmark):
+    data = run_benchmark("kernels.py", "--quick", timeout=300)
     assert data["rows"], data
     for row in data["rows"]:
         for key in ("jax_s", "numpy_s", "speedup", "max_abs_diff"):

@@ -8,6 +8,7 @@ strategies vmap, unroll or shard.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Sequence
 
 import flax.linen as nn
@@ -74,7 +75,7 @@ class HeatmapNet(nn.Module):
         if images.dtype == jnp.uint8:
             x = x / 255.0
         x = (x - 0.5).astype(dtype)
-        n_conv = iter(range(10 ** 6))
+        n_conv = itertools.count()
 
         def conv(w, s=1, k=3, **kw):
             # Named as Flax names nn.Conv, so both implementations share one parameter tree.

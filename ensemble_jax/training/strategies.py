@@ -23,6 +23,7 @@ twice, best timing counts) and caches the winner per backend and shapes in
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -36,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ensemble_jax import io as eio
+from ensemble_jax.models.heatmap_net import ModelConfig
+from ensemble_jax.training.config import STRATEGIES
 
 tree_map = jax.tree_util.tree_map
 
@@ -183,8 +186,16 @@ def make_runner(name: str, member_step: Callable, steps_per_program: int, n_memb
 
 
 # Every strategy; process 0 tells the others its choice by index in this tuple.
-ALL = ("vmap", "vmap_matmul", "unrolled", "sequential")
+ALL = tuple(s for s in STRATEGIES if s != "auto")
 VMAP_STRATEGIES = ("vmap", "vmap_matmul")
+
+
+def model_config_for(name: str, model_config: ModelConfig) -> ModelConfig:
+    """The network a strategy trains: 'vmap_matmul' computes the same network's
+    convolutions as matrix products; every other strategy trains `model_config` as given."""
+    if name == "vmap_matmul":
+        return dataclasses.replace(model_config, conv_impl="matmul")
+    return model_config
 
 
 def candidates(backend: str, n_members: int) -> list[str]:

@@ -119,11 +119,11 @@ class EnsembleTrainer:
                       jnp.asarray(dataset.keypoints), n_real=m)
 
     def _step_for(self, s: _Setup, name: str) -> Callable:
-        """The member step a strategy runs: the setup's own, except for 'vmap_matmul', whose
-        network computes its convolutions as matrix products (same function, same params)."""
-        if name != "vmap_matmul" or self.model_config.conv_impl == "matmul":
+        """The member step a strategy runs (strategies.model_config_for): the setup's own,
+        or that of the same network in another form (same function, same parameters)."""
+        mc = strategies.model_config_for(name, self.model_config)
+        if mc == self.model_config:
             return s.member_step
-        mc = dataclasses.replace(self.model_config, conv_impl="matmul")
         return _member_step(mc, _step_key(self.train_config), tuple(s.images.shape[1:3]),
                             int(s.keypoints.shape[1]))
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
+from ensemble_jax.training import strategies
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.step import MemberInputs, init_member
@@ -90,18 +91,17 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
                       for x in jax.tree_util.tree_leaves(state))
     temp = None
     if measure:
-        # 'vmap_matmul' (a candidate of 'auto') trains a network whose convolutions hold
-        # kh*kw shifted copies of their input: size the waves for the larger of the two.
-        impls = {model_config.conv_impl}
-        if train_config.strategy in ("auto", "vmap_matmul"):
-            impls.add("matmul")
+        # A strategy may train the network in another form ('vmap_matmul': convolutions
+        # over kh*kw shifted copies of their input): size the waves for the largest form
+        # among those the strategy (or 'auto', any of them) can run.
+        names = strategies.ALL if train_config.strategy == "auto" else (train_config.strategy,)
+        configs = {strategies.model_config_for(name, model_config) for name in names}
         try:
             ins = MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
                                jax.ShapeDtypeStruct((), jnp.int32),
                                jax.ShapeDtypeStruct((), jnp.float32))
             temps = []
-            for impl in sorted(impls):
-                mc = dataclasses.replace(model_config, conv_impl=impl)
+            for mc in configs:
                 step = _member_step(mc, _step_key(train_config), (h, w), k)
                 compiled = jax.jit(step).lower(
                     state, ins, jax.ShapeDtypeStruct((), jnp.int32),
