@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training resolution (letterboxed square); must divide by 2**stages")
     s.add_argument("--smoke", action="store_true", help="a tiny run (seconds) to check a setup")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run of this tool: move it aside (renamed to "
+                        "OUT.old-<time>) and start a new one; a folder of other files is "
+                        "never touched")
     s.add_argument("--plan", choices=["nested", "random", "bootstrap", "kfold", "loo"],
                    default="nested")
     s.add_argument("--fractions", type=_floats, default=None, help="e.g. 0.1,0.3,0.5,0.7,0.9")
@@ -145,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "sweep":
         try:   # before any JAX computation (cpu_cores.py says why)
             from ensemble_jax.training.cpu_cores import use_cpu_cores
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+            if args.cpu_devices is not None and args.cpu_devices > cores:
+                raise ValueError(f"--cpu-devices {args.cpu_devices}: this process may run on "
+                                 f"{cores} core(s); more CPU devices than cores only train "
+                                 f"padded copies; use at most {cores}")
             use_cpu_cores(args.cpu_devices)
         except ValueError as e:
             print(f"ensemble-jax sweep: error: {e}", file=sys.stderr)
@@ -158,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             from ensemble_jax.sweep import run_sweep
             sweep, model, train = sweep_configs(args)
             run_sweep(args.out, sweep, model, train, resume=args.resume,
+                      overwrite=args.overwrite,
                       progress=not args.quiet, log=log, devices=args.devices,
                       members_per_wave=args.members_per_wave,
                       memory_budget=args.memory_budget)
@@ -172,8 +184,34 @@ def main(argv: list[str] | None = None) -> int:
             print(build_report(args.run_dir, title=args.title), flush=True)
         return 0
     except (ValueError, OSError, TypeError) as e:
-        log(f"ensemble-jax {args.command}: error: {e}")
+        log(f"ensemble-jax {args.command}: error: {flag_words(str(e))}")
         return 2
+
+
+# Python argument names in messages -> the flags a command-line user typed.
+_FLAGS = {"n_members": "--members", "n_seeds": "--seeds", "fractions": "--fractions",
+          "fraction": "--fraction", "allow_duplicates": "--allow-duplicates",
+          "image_size": "--image-size", "test_fraction": "--test-fraction",
+          "synthetic_frames": "--frames", "noise_rate": "--noise-rate", "steps": "--steps",
+          "batch_size": "--batch-size", "learning_rate": "--lr", "widths": "--widths",
+          "strategy": "--strategy", "chunk_size": "--chunk-size", "seed": "--seed",
+          "checkpoint_every": "--checkpoint-every", "plan": "--plan"}
+_API_WORD = re.compile(r"\b(?:(?:SweepConfig|TrainConfig|ModelConfig)\.)?(%s)=(\S*)"
+                       % "|".join(sorted(_FLAGS, key=len, reverse=True)))
+
+
+def flag_words(message: str) -> str:
+    """`allow_duplicates=True` -> `--allow-duplicates`, `SweepConfig.n_members=0` ->
+    `--members 0`, `image_size=(H, W)` -> `--image-size N`: the words of the command line."""
+    def sub(m: re.Match) -> str:
+        flag, value = _FLAGS[m.group(1)], m.group(2)
+        if value.rstrip(",;:") == "True" or m.group(1) == "allow_duplicates":
+            return flag + value[len(value.rstrip(",;:)")):] if value else flag
+        return f"{flag} {value}" if value else flag
+    for api, flag in (("image_size=(H, W) (or an int)", "--image-size N"),
+                      ("image_size=(H, W)", "--image-size N"), ("lower n_members", "lower --members")):
+        message = message.replace(api, flag)
+    return _API_WORD.sub(sub, message).replace(" (sweep: --allow-duplicates)", "")
 
 
 if __name__ == "__main__":

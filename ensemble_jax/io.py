@@ -77,8 +77,20 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default, allow_nan=True) + "\n")
+    """Strict JSON: NaN and +-Infinity (which strict readers reject) are written as null."""
+    plain = json.loads(json.dumps(obj, default=_json_default, allow_nan=True))
+    write_text(path, json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n")
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -14,10 +14,8 @@ The run directory is the contract between stages (see ARCHITECTURE.md):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ensemble_jax import io as eio
-from ensemble_jax import runlock
+from ensemble_jax import rundir, runlock
 from ensemble_jax import subsets as plans
 from ensemble_jax.analysis import metrics, plots
 from ensemble_jax.analysis.threshold import inject_threshold_samples
@@ -127,7 +125,7 @@ def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
 
 def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
               train_cfg: TrainConfig, *, dataset: KeypointDataset | None = None,
-              resume: bool = False, progress: bool = True,
+              resume: bool = False, overwrite: bool = False, progress: bool = True,
               log: Callable[[str], None] = print,
               lr_scale: Sequence[float] | None = None, devices: int | None = None,
               members_per_wave: int | None = None,
@@ -135,53 +133,112 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
     """Trains the sweep and writes the run directory. Returns the summary.
 
     Scale-out (results equal a one-device, one-wave, one-process run's):
-    devices: devices per process to shard the members over (default: all of them; one
-        device trains unsharded). After `jax.distributed.initialize` (see
-        `training.sharding.initialize_distributed`) every process runs this same call,
+    devices: devices per process to shard the members over (default: all of them, at most
+        one per member; one device trains unsharded). After `jax.distributed.initialize`
+        (see `training.sharding.initialize_distributed`) every process runs this same call,
         trains the members on its devices, and only process 0 writes the run directory.
     members_per_wave / memory_budget: train the members in waves (`training.waves`) of at
         most this many members, or as many as fit `memory_budget` bytes per device (default:
         the device's own limit where the backend reports one); the plan is logged first.
 
-    The run directory is locked (`RUN_DIR/.lock`, see `runlock`) while this runs: a second
-    sweep or analyze on it is refused. `summary.json` is written last and removed first, so
-    a run directory without it is an unfinished sweep (resume it with resume=True).
-    resume=False on a directory holding an interrupted run of the same configuration is
-    refused (resume it, or delete it); otherwise earlier checkpoints there are removed.
+    Run-directory safety (`rundir`): every setting is validated and the data loaded and
+    checked before anything in `out_dir` changes. A folder that is not empty and holds no
+    `ensemble-jax-run.json` is refused untouched. Over a finished run (or an interrupted one
+    with other settings) a new sweep is refused unless overwrite=True, which first moves
+    the old run aside in one rename (`<out>.old-<time>`). resume=True needs a run of the
+    same settings and the same data there (else refused, naming what changed); a plain
+    sweep over an interrupted run of the same settings is refused too (resume it).
+
+    The run directory is locked (`RUN_DIR/.lock`, see `runlock`) while this writes: a
+    second sweep or analyze on it is refused. `summary.json` is written last and removed
+    first, so a run directory without it is an unfinished sweep.
     lr_scale: float [M] multiplying each member's updates (testing member isolation).
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is a file, not a run directory")
     primary = sharding.is_primary()
     if not primary:   # other processes train their members; process 0 alone writes and logs
         log, progress = (lambda msg: None), False
+    if primary:       # cheap refusals first, before loading anything
+        _check_target(out, rundir.state(out), resume=resume, overwrite=overwrite)
+    scale = {"devices": devices, "members_per_wave": members_per_wave,
+             "memory_budget": memory_budget}
+    prep = prepare(cfg, model_cfg, train_cfg, dataset=dataset, lr_scale=lr_scale,
+                   scale=scale, log=log)
+    if not primary:   # process 0 checks and writes; the others wait for it
+        sharding.barrier("ensemble_jax.sweep.setup")
+        return _train_and_write(out, prep, model_cfg, train_cfg, resume=resume,
+                                progress=progress, log=log)
+    if overwrite and rundir.state(out) == "ours":
+        rundir.move_aside(out, log=log)
     out.mkdir(parents=True, exist_ok=True)
-    with (runlock.locked(out, "sweep", warn=log) if primary else contextlib.nullcontext()):
-        if primary:
-            eio.remove_temporaries(out)
-        scale = {"devices": devices, "members_per_wave": members_per_wave,
-                 "memory_budget": memory_budget}
-        return _run_sweep_locked(out, cfg, model_cfg, train_cfg, dataset=dataset,
-                                 resume=resume, progress=progress, log=log, lr_scale=lr_scale,
-                                 scale=scale)
+    with runlock.locked(out, "sweep", warn=log):
+        rd = _open_for_sweep(out, prep, resume=resume, overwrite=overwrite, log=log)
+        sharding.barrier("ensemble_jax.sweep.setup")
+        return _train_and_write(out, prep, model_cfg, train_cfg, resume=resume,
+                                progress=progress, log=log, rd=rd)
 
 
-def _run_sweep_locked(out: Path, cfg: SweepConfig, model_cfg: ModelConfig,
-                      train_cfg: TrainConfig, *, dataset: KeypointDataset | None,
-                      resume: bool, progress: bool, log: Callable[[str], None],
-                      lr_scale: Sequence[float] | None, scale: dict | None = None) -> dict:
-    primary = sharding.is_primary()
+@dataclasses.dataclass
+class Prepared:
+    """A sweep's validated inputs: everything decided before the run directory changes."""
+    train: KeypointDataset
+    test: KeypointDataset
+    threshold_mask: np.ndarray
+    masks: np.ndarray
+    layout: dict
+    config: dict
+    fingerprint: dict
+    mesh: Any
+    plan: Any
+    lr_scale: np.ndarray | None
+    warnings: list
+    unlabeled_members: list
+    t0: float
+
+
+def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> None:
+    """Refusals that need no data: a foreign folder, nothing to resume, a finished run."""
+    if state == "foreign":
+        rundir.refuse_foreign(out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite: choose one (continue the run there, or "
+                         "move it aside and start a new one)")
+    if resume and state in ("missing", "empty"):
+        raise ValueError(f"--resume: nothing to resume in {rundir._shown(out)} ("
+                         f"{'no such folder' if state == 'missing' else 'the folder is empty'}"
+                         f"); check --out, or drop --resume to start a new sweep")
+    if state == "ours":
+        rundir.read_manifest(out)          # a damaged manifest is named now
+        if not resume and not overwrite and (out / "summary.json").exists():
+            raise ValueError(
+                f"--out {out}: holds a finished sweep; nothing was changed. Choose another "
+                f"--out, or add --overwrite to move that run aside (renamed to "
+                f"{out.name}.old-<time>) and start a new one")
+
+
+def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+            dataset: KeypointDataset | None = None, lr_scale: Sequence[float] | None = None,
+            scale: dict | None = None, log: Callable[[str], None] = print) -> Prepared:
+    """Loads and checks the data, the plan and the resources (`guards`); writes nothing."""
+    from ensemble_jax import guards
     t0 = time.perf_counter()
+    scale = dict(scale or {})
+    guards.check_scale_arguments(**scale)
+    guards.check_train_config(train_cfg)
     data = dataset if dataset is not None else load_data(cfg)
+    guards.check_labels(data)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
+    guards.check_test_labels(test, cfg.test_fraction)
     # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
     kp, threshold_mask = inject_threshold_samples(
         train.keypoints, train.images.shape[1:3], cfg.threshold_fraction, cfg.seed)
     train = dataclasses.replace(train, keypoints=kp)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    n_members = guards.planned_members(cfg, train.n_frames)
+    guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
     masks, layout = make_plan(cfg, train.n_frames)
+    warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask, log)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "members": int(masks.shape[0]), "layout": layout}
@@ -191,62 +248,125 @@ def _run_sweep_locked(out: Path, cfg: SweepConfig, model_cfg: ModelConfig,
             raise ValueError(f"lr_scale: expected {masks.shape[0]} values (one per member), "
                              f"got shape {lr_scale.shape}")
         config["lr_scale"] = lr_scale.tolist()
-    config_path = out / "config.json"
-    old = None
-    if config_path.exists():
-        try:
-            old = json.loads(config_path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{config_path}: unreadable ({e}); not a run directory of this "
-                             f"package, or damaged; choose another --out") from e
-    diff = (sorted(_diff(old, json.loads(json.dumps(config, default=eio._json_default))))
-            if old is not None else [])
-    if resume and diff:
-        raise ValueError(f"{config_path}: cannot resume with a different configuration; "
-                         f"settings that differ: {', '.join(diff)}")
-    ckpt_dir = out / "checkpoints"
-    if not primary:   # process 0 checks, cleans and writes; the others wait for it
-        sharding.barrier("ensemble_jax.sweep.setup")
-    elif not resume and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-        if old is not None and not diff and not (out / "summary.json").exists():
-            raise ValueError(
-                f"{out}: holds an interrupted sweep with this configuration (checkpoints in "
-                f"{ckpt_dir}); continue it with --resume (resume=True), or delete the "
-                f"directory to start over")
-        log(f"{out}: starting over: removing the checkpoints of the previous run there")
-        shutil.rmtree(ckpt_dir)
-    summary_path = out / "summary.json"
-    if primary:
-        if summary_path.exists():
-            summary_path.unlink()    # written last: its absence marks an unfinished sweep
-        eio.write_json(config_path, config)
-        eio.save_npy(out / "subsets.npy", masks.astype(np.int32))
-        _save_data(out / "data.npz", train, test, threshold_mask)
-        sharding.barrier("ensemble_jax.sweep.setup")
-    log(f"plan: {cfg.plan}, {masks.shape[0]} members, subset sizes "
-        f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
+    scale["devices"] = guards.devices_for(masks.shape[0], scale.get("devices"), log)
+    mesh, plan = scale_out_plan(masks.shape[0], model_cfg, train_cfg, train, **scale)
+    return Prepared(train=train, test=test, threshold_mask=threshold_mask, masks=masks,
+                    layout=layout, config=config,
+                    fingerprint=rundir.data_fingerprint(train, test), mesh=mesh, plan=plan,
+                    lr_scale=lr_scale, warnings=warnings, unlabeled_members=unlabeled, t0=t0)
 
+
+def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
+                    log: Callable[[str], None]) -> "rundir.RunDir":
+    """Under the lock: decides whether this sweep may write `out` (raising if not), writes
+    the manifest first when the directory is new, then config, plan and data."""
+    state = rundir.state(out)
+    _check_target(out, state, resume=resume, overwrite=overwrite and state != "ours")
+    rd = rundir.RunDir(out)
+    config_path = out / "config.json"
+    ckpt_dir = out / "checkpoints"
+    if state == "ours":
+        manifest = rundir.read_manifest(out)
+        eio.remove_temporaries(out)          # ours: leftovers of our own killed writers
+        old = _read_config(config_path)
+        new = eio._finite(json.loads(json.dumps(prep.config, default=eio._json_default)))
+        diff = sorted(_diff(old, new)) if old is not None else []
+        has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+        if resume:
+            if diff:
+                raise ValueError(f"{config_path}: cannot resume with a different "
+                                 f"configuration; settings that differ: {', '.join(diff)}")
+            if manifest.get("data"):
+                rundir.check_data(out, manifest, prep.train, prep.test, "resume")
+            rundir.verify_files(out, ("config.json", "subsets.npy", "data.npz"), manifest)
+            if not has_ckpt:
+                log(f"{out}: no checkpoint yet; the interrupted sweep starts again at step 0")
+        else:
+            same_data = manifest.get("data") == prep.fingerprint
+            if has_ckpt and old is not None and not diff and same_data:
+                raise ValueError(
+                    f"{out}: holds an interrupted sweep with this configuration (checkpoints "
+                    f"in {ckpt_dir}); continue it with --resume (resume=True), or "
+                    f"--overwrite to move it aside and start over")
+            if has_ckpt or diff or not same_data or old is None:
+                what = (f"settings that differ: {', '.join(diff)}" if diff else
+                        "other training data" if not same_data else "its checkpoints")
+                raise ValueError(
+                    f"--out {out}: holds an interrupted sweep ({what}); nothing was changed. "
+                    f"Continue it with --resume, choose another --out, or add --overwrite "
+                    f"to move it aside and start a new one")
+            # an interrupted sweep of these settings and data that saved no checkpoint:
+            # starting it again rewrites only its own files with the same content
+        if "summary.json" in manifest.get("files", {}) or (out / "summary.json").exists():
+            rd.remove("summary.json")    # written last: its absence marks an unfinished sweep
+    else:
+        rd.create(prep.fingerprint)      # the manifest first: from now on the folder is ours
+    rd.write_json("config.json", prep.config)
+    rd.save_npy("subsets.npy", prep.masks.astype(np.int32))
+    _save_data(out / "data.npz", prep.train, prep.test, prep.threshold_mask)
+    rd.record("data.npz")
+    return rd
+
+
+def _read_config(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); damaged; choose another --out or "
+                         f"--overwrite to move this run aside") from e
+    if not isinstance(old, dict):
+        raise ValueError(f"{path}: not a configuration (a JSON object); damaged")
+    return old
+
+
+def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
+                     train_cfg: TrainConfig, *, resume: bool, progress: bool,
+                     log: Callable[[str], None], rd: "rundir.RunDir | None" = None) -> dict:
+    primary = rd is not None
+    masks, train, test = prep.masks, prep.train, prep.test
+    log(f"plan: {prep.config['sweep']['plan']}, {masks.shape[0]} members, subset sizes "
+        f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
     trainer = EnsembleTrainer(model_cfg, train_cfg)
-    mesh, plan = scale_out_plan(masks.shape[0], model_cfg, train_cfg, train, **(scale or {}))
-    log(plan.describe())
-    result = waves.fit_waves(trainer, train, masks, plan, checkpoint_dir=ckpt_dir,
-                             resume=resume, progress=progress, log=log, lr_scale=lr_scale,
-                             mesh=mesh)
+    log(prep.plan.describe())
+    result = waves.fit_waves(trainer, train, masks, prep.plan,
+                             checkpoint_dir=out / "checkpoints", resume=resume,
+                             progress=progress, log=log, lr_scale=prep.lr_scale,
+                             mesh=prep.mesh)
+    if prep.unlabeled_members:       # never learned anything: excluded like diverged ones
+        alive = np.asarray(result.alive, bool).copy()
+        alive[prep.unlabeled_members] = False
+        result = dataclasses.replace(result, alive=alive)
     # Every process predicts its share of the members; process 0 gets them all and writes.
     predictions = {"train": sharding.predict_gathered(result, train.images),
                    "test": sharding.predict_gathered(result, test.images)}
     if not primary:
         sharding.barrier("ensemble_jax.sweep.done")
         return {"members": result.n_members, "process_index": sharding.process_index()}
-    summary = write_results(out, result, train, test, layout, cfg.pck_radius,
-                            predictions=predictions)
-    summary["scale_out"] = {"devices": 1 if mesh is None else sharding.n_shards(mesh),
+    summary = write_results(out, result, train, test, prep.layout,
+                            prep.config["sweep"]["pck_radius"], predictions=predictions)
+    rd.record(*[n for n in ("params.msgpack", "training.npz", "predictions.npz",
+                            "learning_curve.png") if (out / n).exists()])
+    summary["scale_out"] = {"devices": 1 if prep.mesh is None else sharding.n_shards(prep.mesh),
                             "processes": sharding.process_count(),
-                            "waves": [list(w) for w in plan.waves]}
-    summary["wall_s"] = time.perf_counter() - t0
-    eio.write_json(out / "summary.json", summary)
+                            "waves": [list(w) for w in prep.plan.waves]}
+    summary["excluded_members"] = [{"member": int(m), "reason": "no labeled frame in its subset"}
+                                   for m in prep.unlabeled_members]
+    summary["warnings"] = list(prep.warnings)
+    n_div = len(summary["diverged_members"])
+    if n_div:
+        summary["warnings"].append(f"{n_div} of {result.n_members} members diverged and are "
+                                   f"excluded (diverged_members)")
+    summary["wall_s"] = time.perf_counter() - prep.t0
+    rd.write_json("summary.json", summary)
     log(_describe(summary))
     sharding.barrier("ensemble_jax.sweep.done")
+    if not np.asarray(result.alive, bool).any():
+        first = min((d["step"] for d in summary["diverged_members"]), default=-1)
+        raise ValueError(
+            f"every member diverged (the first at step {first}) or had no labeled frame; "
+            f"the run in {out} has no usable member: lower --lr, check the labels")
     return summary
 
 
@@ -322,7 +442,8 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
         "ensemble_test": ev["ensemble_test"], "per_fraction": per_fraction,
         "members_detail": ev["members"],
         "diverged_members": [{"member": int(m), "step": int(result.diverged_at[m])}
-                             for m in np.flatnonzero(~result.alive)],
+                             for m in np.flatnonzero(~np.asarray(result.alive, bool)
+                                                     & (np.asarray(result.diverged_at) >= 0))],
     }
     member_err = np.array([r.get("test_mean_px", np.nan) for r in ev["members"]])
     if len(per_fraction) > 1:
@@ -349,7 +470,9 @@ def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset,
 
 def load_split(run_dir: str | Path) -> tuple[KeypointDataset, KeypointDataset]:
     """The (train, test) frames a run was trained and scored on, from `data.npz`."""
-    z = eio.load_npz(Path(run_dir) / "data.npz")
+    z = rundir.load_npz(Path(run_dir) / "data.npz", need=["bodyparts"] + [
+        f"{s}_{a}" for s in ("train", "test")
+        for a in ("images", "keypoints", "frame_ids", "letterbox", "original_sizes")])
     bp = [str(b) for b in z["bodyparts"]]
     def ds(name):
         return KeypointDataset(

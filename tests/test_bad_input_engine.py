@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from ensemble_jax import (EnsembleTrainer, KeypointDataset, ModelConfig, TrainConfig, cli,
                           synthetic_dataset)
 from ensemble_jax import io as eio
+from ensemble_jax import rundir
 from ensemble_jax import sweep as sweep_mod
 from ensemble_jax.analysis.analyze import analyze
 from ensemble_jax.data.dataset import DatasetError
@@ -276,6 +277,11 @@ def test_analyze_a_run_with_a_corrupt_data_npz(tmp_path):
     np.save(run / "subsets.npy", np.ones((2, 4), np.int32))
     for name in ("data.npz", "params.msgpack", "training.npz"):
         (run / name).write_bytes(b"PK\x03\x04 truncated")
+    # a run directory of this tool (manifest) whose sweep wrote these damaged files
+    rd = rundir.RunDir(run)
+    rd.create()
+    rd.record("config.json", "summary.json", "subsets.npy", "data.npz", "params.msgpack",
+              "training.npz")
     with pytest.raises(ValueError, match=r"run/data\.npz: not a readable \.npz file"):
         analyze(run, progress=False, log=lambda m: None)
     assert not (run / ".lock").exists()

@@ -83,14 +83,23 @@ def load_result(run_dir: str | Path) -> EnsembleResult:
     `subsets.npy` and `training.npz`)."""
     from flax import serialization
     run = Path(run_dir)
-    config = json.loads((run / "config.json").read_text())
-    mc = _dataclass_from(ModelConfig, config["model"])
-    tc = _dataclass_from(TrainConfig, config["train"])
-    data = eio.load_npz(run / "data.npz")
+    from ensemble_jax import rundir
+    config = rundir.load_json(run / "config.json", need=("model", "train"))
+    try:
+        mc = _dataclass_from(ModelConfig, config["model"])
+        tc = _dataclass_from(TrainConfig, config["train"])
+    except (AttributeError, TypeError, ValueError) as e:
+        raise rundir.RunDirError(f"{run / 'config.json'}: damaged (model/train settings: "
+                                 f"{e})") from e
+    data = rundir.load_npz(run / "data.npz", need=("bodyparts", "train_images"))
     bodyparts = [str(b) for b in data["bodyparts"]]
     image_shape = tuple(int(s) for s in data["train_images"].shape[1:])
-    masks = np.load(run / "subsets.npy")
-    training = eio.load_npz(run / "training.npz")
+    masks = rundir.load_npy(run / "subsets.npy")
+    if masks.ndim != 2 or masks.dtype.kind not in "iub":
+        raise rundir.RunDirError(f"{run / 'subsets.npy'}: damaged (expected an integer "
+                                 f"[members, frames] array, got {masks.dtype} {masks.shape})")
+    training = rundir.load_npz(run / "training.npz", need=(
+        "aum_sum", "aum_count", "losses", "alive", "diverged_at"))
     m = int(masks.shape[0])
     model = HeatmapNet(mc, len(bodyparts))
     # Shapes only (eval_shape traces, never compiles): the restore target.
@@ -110,7 +119,7 @@ def load_result(run_dir: str | Path) -> EnsembleResult:
         raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not match "
                          f"the model of config.json ({bad[0][1]})")
     summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = rundir.load_json(summary_path) if summary_path.exists() else {}
     return EnsembleResult(
         model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
         bodyparts=bodyparts, image_shape=image_shape,
@@ -269,7 +278,10 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         raise FileNotFoundError(f"{run}: the sweep that writes this run directory has not "
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
+    from ensemble_jax import rundir
     with runlock.locked(run, "analyze", warn=log):
+        # parameters, data and settings must be the ones this run's sweep wrote
+        rundir.verify_files(run, rundir.ANALYZE_INPUTS)
         eio.remove_temporaries(run)
         return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
                                top=top, figures_enabled=figures_enabled)
@@ -288,8 +300,9 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
         raise ValueError(f"{run}: subsets.npy has {masks.shape[1]} frames, data.npz {n}")
     alive = np.asarray(result.alive, bool)
     for m in np.flatnonzero(~alive):
-        log(f"warning: member {m} diverged at step {int(result.diverged_at[m])}; it is "
-            f"excluded from AUM, influence, MPE and spread")
+        why = (f"diverged at step {int(result.diverged_at[m])}" if result.diverged_at[m] >= 0
+               else "has no labeled frame in its subset")
+        log(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE and spread")
     members = np.flatnonzero(alive)
     if not members.size:
         raise ValueError(f"{run}: every member diverged; nothing to analyse")
