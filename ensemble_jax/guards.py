@@ -21,7 +21,10 @@ MAX_STEPS = 2 ** 31 - 1
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2 ** 30:.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.0f} MiB"
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
 
 
 def host_memory_bytes() -> int | None:
@@ -81,6 +84,18 @@ def check_labels(data: Any) -> None:
             f"coordinate(s)); fix the label or mark it unlabeled (empty/NaN)")
 
 
+def check_image_size(model_cfg: Any, train: Any) -> None:
+    """The training images must divide by 2 ** encoder stages (as the trainer requires);
+    checked here so that no estimate or write happens before."""
+    mult = model_cfg.input_multiple
+    h, w = train.image_shape[:2]
+    if h % mult or w % mult:
+        raise ValueError(
+            f"--image-size: training images of {h}x{w} pixels are not divisible by {mult} "
+            f"(2 ** number of encoder stages); use a multiple of {mult}, e.g. --image-size "
+            f"{max(mult, (max(h, w) // mult) * mult)}")
+
+
 def check_test_labels(test: Any, test_fraction: float) -> None:
     if not np.isfinite(np.asarray(test.keypoints)).all(-1).any():
         raise ValueError(
@@ -116,7 +131,8 @@ def check_resources(n_members: int, model_cfg: Any, train_cfg: Any, train: Any,
         raise ValueError(
             f"--batch-size {train_cfg.batch_size} at {h}x{w} pixels: one member needs about "
             f"{_gib(per_member)} to train (plus {_gib(fixed)} of frames), more than "
-            f"{source} ({_gib(budget)}); lower --batch-size or --image-size")
+            f"{source} ({_gib(budget)}); lower --batch-size or --image-size"
+            + (", or raise --memory-budget" if source == "--memory-budget" else ""))
     n, k = train.n_frames, train.n_keypoints
     need = (4 * train_cfg.steps * n_members            # losses [steps, M] float32
             + n_members * n * (4 + 8 * k)              # plan + AUM sums/counts

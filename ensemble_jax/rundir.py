@@ -97,7 +97,8 @@ def refuse_foreign(path: Path, flag: str = "--out") -> None:
     why = ("it looks like a run directory of an older ensemble-jax without " + MANIFEST
            if legacy else f"it is not an ensemble-jax run directory (no {MANIFEST})")
     raise RunDirError(
-        f"{flag} {_shown(path)}: folder is not empty ({len(names)} entries, e.g. "
+        f"{flag} {_shown(path)}: folder is not empty ({len(names)} "
+        f"{'entry' if len(names) == 1 else 'entries'}, e.g. "
         f"{', '.join(names[:3])}) and {why}; nothing was changed there; choose a new or "
         f"empty folder")
 
@@ -241,6 +242,18 @@ def verify_files(run: Path, names: Iterable[str], manifest: dict | None = None) 
                 f"{path}: {what} do not match this run ({name} changed after the sweep "
                 f"wrote it: its SHA-256 differs from the one in {MANIFEST}; replaced, "
                 f"edited or copied from another run?); re-run the sweep")
+
+
+def remove_temporaries(path: Path) -> list[Path]:
+    """Deletes the temporaries (`.<name>.<random>.tmp`) that our own writers, killed before
+    their rename, left for files of the table; nothing else."""
+    gone = []
+    for name in FILES:
+        for p in Path(path).glob(f".{name.rstrip('/')}.*.tmp"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 # -------------------------------------------------------------------------- reading

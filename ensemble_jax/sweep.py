@@ -235,6 +235,7 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     train = dataclasses.replace(train, keypoints=kp)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    guards.check_image_size(model_cfg, train)
     n_members = guards.planned_members(cfg, train.n_frames)
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
     masks, layout = make_plan(cfg, train.n_frames)
@@ -267,7 +268,6 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
     ckpt_dir = out / "checkpoints"
     if state == "ours":
         manifest = rundir.read_manifest(out)
-        eio.remove_temporaries(out)          # ours: leftovers of our own killed writers
         old = _read_config(config_path)
         new = eio._finite(json.loads(json.dumps(prep.config, default=eio._json_default)))
         diff = sorted(_diff(old, new)) if old is not None else []
@@ -297,6 +297,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
                     f"to move it aside and start a new one")
             # an interrupted sweep of these settings and data that saved no checkpoint:
             # starting it again rewrites only its own files with the same content
+        rundir.remove_temporaries(out)       # leftovers of our own killed writers
         if "summary.json" in manifest.get("files", {}) or (out / "summary.json").exists():
             rd.remove("summary.json")    # written last: its absence marks an unfinished sweep
     else:

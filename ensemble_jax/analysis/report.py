@@ -89,6 +89,42 @@ color:#555}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #c
 padding:.25em .6em;text-align:right}caption{text-align:left;font-weight:600;padding:.3em 0}"""
 
 
+def _check_section(path: Path, sec: dict) -> None:
+    """A malformed section.json is named with the entry at fault (not a KeyError later)."""
+    def bad(where: str, why: str):
+        raise ValueError(f"report: {path}: {where}: {why}")
+    if not isinstance(sec["title"], str):
+        bad("title", "must be text")
+    if not isinstance(sec.get("order", 100), (int, float)) or isinstance(sec.get("order"), bool):
+        bad("order", "must be a number")
+    paragraphs = sec.get("paragraphs", [])
+    if not isinstance(paragraphs, list) or not all(isinstance(x, str) for x in paragraphs):
+        bad("paragraphs", "must be a list of texts")
+    tables = sec.get("tables", [])
+    if not isinstance(tables, list):
+        bad("tables", "must be a list")
+    for i, t in enumerate(tables):
+        if not isinstance(t, dict) or {"caption", "columns", "rows"} - set(t):
+            bad(f"table {i}", "must be an object with caption, columns and rows")
+        if not isinstance(t["columns"], list) or not isinstance(t["rows"], list):
+            bad(f"table {i}", "columns and rows must be lists")
+        for r, row in enumerate(t["rows"]):
+            if not isinstance(row, list) or len(row) != len(t["columns"]):
+                bad(f"table {i} row {r}", f"must be a list of {len(t['columns'])} cells")
+    figures = sec.get("figures", [])
+    if not isinstance(figures, list):
+        bad("figures", "must be a list")
+    for i, f in enumerate(figures):
+        if not isinstance(f, dict) or not isinstance(f.get("file"), str) \
+                or not isinstance(f.get("caption", ""), str):
+            bad(f"figure {i}", "must be an object with a 'file' name and a 'caption'")
+        if not (path.parent / f["file"]).is_file():
+            bad(f"figure {i}", f"{path.parent / f['file']} does not exist")
+    sec.setdefault("paragraphs", [])
+    for f in figures:
+        f.setdefault("caption", "")
+
+
 def find_sections(run_dir: str | Path) -> list[tuple[Path, dict]]:
     run_dir = Path(run_dir)
     paths = sorted(run_dir.glob(f"*/{SECTION_FILE}"))
@@ -100,8 +136,9 @@ def find_sections(run_dir: str | Path) -> list[tuple[Path, dict]]:
             sec = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"report: {p} is not a readable section ({e})") from e
-        if "title" not in sec:
+        if not isinstance(sec, dict) or "title" not in sec:
             raise ValueError(f"report: {p} has no 'title'")
+        _check_section(p, sec)
         sections.append((p.parent, sec))
     sections.sort(key=lambda s: (s[1].get("order", 100), s[1]["title"]))
     return sections

@@ -8,6 +8,8 @@ to one training size, and the exact keypoint transform is returned with it.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +31,36 @@ def _where(path: Path, context: str | None) -> str:
     return f"{path} (referenced by {context})" if context else f"{path}"
 
 
+MAX_PIXELS_ENV = "ENSEMBLE_JAX_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 89_478_485     # Pillow's own decompression-bomb limit
+
+
+def max_pixels() -> int:
+    """Largest image (width x height) decoded: $ENSEMBLE_JAX_MAX_PIXELS or Pillow's limit
+    (a small file can declare a huge image and take all the memory when decoded)."""
+    from PIL import Image
+    try:
+        n = int(os.environ.get(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS))
+    except ValueError:
+        raise DatasetError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: expected a "
+                           f"number of pixels") from None
+    Image.MAX_IMAGE_PIXELS = max(n, 1)   # Pillow refuses at twice this, before decoding
+    # Pillow warns between 1x and 2x its limit; the size check below says it in one line
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return n
+
+
+def _bomb_size(e: Exception) -> str:
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(m.group(1)):,} pixels" if m else str(e)
+
+
+def _too_large(path: Path, context: str | None, size: str) -> DatasetError:
+    return DatasetError(
+        f"image {_where(path, context)} is too large to decode ({size}, limit "
+        f"{max_pixels():,} pixels); if it is a real image, raise {MAX_PIXELS_ENV}")
+
+
 def image_info(path: str | os.PathLike, context: str | None = None) -> tuple[int, int, bool]:
     """(width, height, is_grey) from the image header, without decoding the pixels."""
     from PIL import Image, UnidentifiedImageError
@@ -36,15 +68,20 @@ def image_info(path: str | os.PathLike, context: str | None = None) -> tuple[int
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image file not found: {_where(path, context)}")
+    limit = max_pixels()
     try:
         with Image.open(path) as im:
             w, h = im.size
             grey = im.mode in _GREY_MODES or (im.mode == "P" and _palette_is_grey(im))
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, context, _bomb_size(e)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise DatasetError(
             f"unreadable image {_where(path, context)}: {type(e).__name__}: {e}") from e
     if w < 1 or h < 1:
         raise DatasetError(f"image {_where(path, context)} has size {w}x{h}")
+    if w * h > limit:
+        raise _too_large(path, context, f"{w}x{h} = {w * h:,} pixels")
     return int(w), int(h), grey
 
 
@@ -85,10 +122,18 @@ def load_image(path: str | os.PathLike, context: str | None = None) -> np.ndarra
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image file not found: {_where(path, context)}")
+    limit = max_pixels()
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise _too_large(path, context, f"{w}x{h} = {w * h:,} pixels")
             im.load()
             return _to_uint8(im)
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, context, _bomb_size(e)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise DatasetError(
             f"unreadable image {_where(path, context)}: {type(e).__name__}: {e}") from e

@@ -27,6 +27,7 @@ feature names (`image_key`, `keypoints_key`, optional `frame_id_key`): keypoints
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -228,6 +229,26 @@ def _default_data_dir() -> Path:
     return Path(env) if env else Path.home() / "tensorflow_datasets"
 
 
+def _from_directory(tfds, d: Path):
+    """builder_from_directory, with a damaged or missing metadata file named."""
+    d = Path(d)
+    for f in ("dataset_info.json", "features.json"):
+        if not (d / f).is_file():
+            raise DatasetError(f"{d / f}: missing; {d} is not a complete TFDS build (write "
+                               f"it again with write_tfds or download_and_prepare)")
+        try:
+            json.loads((d / f).read_text())
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{d / f}: damaged TFDS metadata ({type(e).__name__}: "
+                               f"{str(e)[:200]})") from None
+    try:
+        with _quiet():
+            return tfds.builder_from_directory(str(d))
+    except Exception as e:   # ParseError, ValueError ...: name the build, not a traceback
+        raise DatasetError(f"{d}: cannot open this TFDS build ({type(e).__name__}: "
+                           f"{str(e)[:300]})") from None
+
+
 def _open_builder(name_or_dir, data_dir):
     tfds = _import_tfds()
     p = Path(name_or_dir)
@@ -236,7 +257,7 @@ def _open_builder(name_or_dir, data_dir):
         if d is None:
             raise DatasetError(f"{p}: no TFDS build found (no dataset_info.json at or "
                                f"below it)")
-        return tfds.builder_from_directory(str(d))
+        return _from_directory(tfds, d)
     name = str(name_or_dir)
     m = _FULL_NAME.match(name)
     if not m:
@@ -253,7 +274,12 @@ def _open_builder(name_or_dir, data_dir):
     except DatasetError:
         d = None
     if d is not None:
-        return tfds.builder_from_directory(str(d))
+        return _from_directory(tfds, d)
+    if m["version"] and folder.parent.is_dir():
+        have = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()
+                      and (p / "dataset_info.json").is_file())
+        raise DatasetError(f"TFDS dataset {name!r}: no version folder {folder} (versions "
+                           f"there: {', '.join(have) or 'none'})")
     try:
         with _quiet():
             builder = tfds.builder(name, data_dir=None if data_dir is None else str(data_dir))
@@ -321,8 +347,15 @@ def read_tfds(name_or_dir: str | os.PathLike, *, data_dir: str | os.PathLike | N
     label = f"{name_or_dir!s} ({builder.data_dir})"
     meta = dict(builder.info.metadata or {})
     source = _data_source(builder, split, label)
-    with _quiet():
-        items = _read_all(source)
+    try:
+        with _quiet():
+            items = _read_all(source)
+    except Exception as e:   # a truncated or damaged array_record file
+        files = sorted(Path(builder.data_dir).glob(f"*-{split.split('[', 1)[0]}.array_record*"))
+        raise DatasetError(
+            f"TFDS dataset {label}: cannot read split {split!r} from "
+            f"{', '.join(str(f) for f in files) or builder.data_dir} (damaged or truncated? "
+            f"{type(e).__name__}: {str(e)[:200]})") from None
     if not items:
         raise DatasetError(f"TFDS dataset {label}: split {split!r} holds zero frames")
     if meta.get("format") == FORMAT:
