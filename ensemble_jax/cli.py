@@ -209,7 +209,8 @@ def flag_words(message: str) -> str:
             return flag + value[len(value.rstrip(",;:)")):] if value else flag
         return f"{flag} {value}" if value else flag
     for api, flag in (("image_size=(H, W) (or an int)", "--image-size N"),
-                      ("image_size=(H, W)", "--image-size N"), ("lower n_members", "lower --members")):
+                      ("image_size=(H, W)", "--image-size N"),
+                      ("lower n_members", "lower --members")):
         message = message.replace(api, flag)
     return _API_WORD.sub(sub, message).replace(" (sweep: --allow-duplicates)", "")
 

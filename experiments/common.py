@@ -173,7 +173,9 @@ def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
         else:
             log(f"{run}: holds a sweep with another configuration; training anew")
     t0 = time.perf_counter()
+    # a sweep of another configuration there is moved aside (OUT/<name>.old-<time>)
     run_sweep(run, sweep, model, train, resume=resume,
+              overwrite=cfg_path.is_file() and not resume,
               progress=not getattr(args, "quiet", False), log=log)
     log(f"trained the sweep in {time.perf_counter() - t0:.0f} s -> {run}")
     return run

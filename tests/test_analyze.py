@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble_jax import cli
+from ensemble_jax import cli, rundir
 from ensemble_jax import io as eio
 from ensemble_jax.analysis import aum as aum_lib
 from ensemble_jax.analysis.analyze import METRICS, analyze, load_result
@@ -197,6 +197,7 @@ def test_diverged_member_and_run_without_threshold_samples(run_dir, tmp_path):
     data = eio.load_npz(run / "data.npz")
     del data["train_threshold_mask"]                        # a run from before threshold samples
     eio.save_npz(run / "data.npz", **data)
+    rundir.RunDir(run).record("training.npz", "data.npz")  # as if its sweep wrote them so
     logs = []
     out = analyze(run, progress=False, log=logs.append)
     assert any("member 1 diverged" in s for s in logs)

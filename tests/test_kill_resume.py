@@ -183,6 +183,12 @@ def _assert_same_run(ref: Path, got: Path) -> None:
             assert _load_json(a, TIMING_KEYS) == _load_json(b, TIMING_KEYS), name
         elif name == "analysis.json":
             assert _load_json(a, {"wall_s", "run_dir"}) == _load_json(b, {"wall_s", "run_dir"})
+        elif name == "ensemble-jax-run.json":   # the manifest: same data, same file table;
+            ma, mb = json.loads(a.read_text()), json.loads(b.read_text())   # created differs
+            assert ma["data"] == mb["data"] and sorted(ma["files"]) == sorted(mb["files"])
+            for f in ma["files"]:
+                if f != "summary.json":       # (holds timings)
+                    assert ma["files"][f] == mb["files"][f], f"{name}: {f} differs"
         else:   # params.msgpack, config.json, subsets.npy, csv, png
             assert a.read_bytes() == b.read_bytes(), f"{name} differs"
 
