@@ -272,6 +272,7 @@ def bench_aum_tracking(args, rows):
     computed from the step's own forward pass; tracking adds it and two scatter-adds)."""
     from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
     from ensemble_jax.training import strategies
+    from ensemble_jax.training.backend import path_backend
     from ensemble_jax.training.trainer import EnsembleTrainer
     n_members = 2 if args.quick else 4
     data = synthetic_dataset(64 if args.quick else 256, image_size=32 if args.quick else 64,
@@ -283,7 +284,7 @@ def bench_aum_tracking(args, rows):
         tc = TrainConfig(batch_size=16, steps=1000, track_aum=track)
         st = EnsembleTrainer(model, tc).setup(data, masks, np.arange(n_members),
                                               np.ones(n_members))
-        spp = strategies.default_steps_per_program(jax.default_backend(), tc.chunk_size)
+        spp = strategies.default_steps_per_program(path_backend(), tc.chunk_size)
         setups[track] = (strategies.make_runner("sequential", st.member_step, spp, n_members, 1), st)
     # Interleaved repeats, so that a drift of the shared machine hits both sides alike.
     times = {False: math.inf, True: math.inf}

@@ -29,6 +29,19 @@ sys.path.insert(0, str(ROOT))
 from ensemble_jax.training.config import STRATEGIES  # noqa: E402  (no JAX backend starts)
 
 
+def devices_for(d: int, backend: str, local_devices: list) -> tuple[list | None, str | None]:
+    """(the devices of a D-device row, None) or (None, why the row cannot be measured).
+    On CPU the parent made D fake devices; elsewhere only real ones count, and a machine
+    with fewer than D must not report a D-device row (jax.local_devices()[:D] would
+    silently give fewer)."""
+    if d < 1:
+        return None, f"D={d}: not a device count"
+    if len(local_devices) < d:
+        return None, (f"D={d}: skipped, this machine has {len(local_devices)} {backend} "
+                      f"device(s)")
+    return list(local_devices[:d]), None
+
+
 def worker(args) -> None:
     import jax
     import numpy as np
@@ -41,12 +54,11 @@ def worker(args) -> None:
     masks = random_subsets(data.n_frames, args.members, 0.5, seed=0)
     model = ModelConfig(widths=tuple(args.widths), head_width=args.widths[0] * 2)
     backend = jax.default_backend()
-    mesh = None
-    if d > 1:
-        if backend == "cpu":
-            mesh = sharding.make_mesh()
-        else:
-            mesh = sharding.make_mesh(devices=jax.local_devices()[:d])
+    devices, why = devices_for(d, backend, jax.local_devices())
+    if devices is None:
+        print(json.dumps({"devices": d, "backend": backend, "skipped": why}))
+        return
+    mesh = sharding.make_mesh(devices=devices) if d > 1 else None
     tc = TrainConfig(steps=args.steps + 1, batch_size=args.batch_size, chunk_size=1,
                      strategy=args.strategy, schedule="constant")
     trainer = EnsembleTrainer(model, tc)
@@ -97,7 +109,7 @@ def main() -> None:
     import numpy as np
     from ensemble_jax import io as eio
     counts = [int(x) for x in (args.devices or ("1,2" if args.quick else "1,2,4,8")).split(",")]
-    rows, ref = [], None
+    rows, skipped, ref = [], [], None
     tmp = ROOT / "benchmarks" / "out"
     tmp.mkdir(parents=True, exist_ok=True)
     for d in counts:
@@ -115,6 +127,10 @@ def main() -> None:
             print(f"D={d}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
         row = json.loads(proc.stdout.strip().splitlines()[-1])
+        if row.get("skipped"):
+            print(row["skipped"], flush=True)
+            skipped.append(row)
+            continue
         flat = np.load(params_out)
         params_out.unlink()
         ref = flat if ref is None else ref
@@ -126,6 +142,8 @@ def main() -> None:
     if fake:
         print("NOTE: fake CPU devices (--xla_force_host_platform_device_count) share the same "
               f"{os.cpu_count()} cores: these rows show correctness only, not scaling.")
+    if not rows:
+        print("no device count could be measured")
     print(f"{'devices':>7} {'backend':>8} {'members':>7} {'strategy':>10} "
           f"{'member-steps/s':>15} {'images/s':>9} {'compile s':>9} {'rel diff vs D=' + str(counts[0]):>16}")
     for r in rows:
@@ -139,7 +157,7 @@ def main() -> None:
                           "python": platform.python_version()},
               "settings": {k: v for k, v in vars(args).items()
                            if k not in ("worker", "params_out")},
-              "rows": rows}
+              "rows": rows, "skipped": skipped}
     eio.write_json(args.out, result)
     print(f"wrote {args.out}")
 

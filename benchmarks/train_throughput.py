@@ -94,9 +94,9 @@ def one_core_loop(args) -> float | None:
 def one_core_worker(args) -> None:
     os.sched_setaffinity(0, {0})   # before jax starts its thread pools
     from ensemble_jax.training import strategies
-    import jax
+    from ensemble_jax.training.backend import path_backend
     trainer, s = build(4, args)
-    spp = strategies.default_steps_per_program(jax.default_backend(), 50)
+    spp = strategies.default_steps_per_program(path_backend(), 50)
     runner = strategies.make_runner("sequential", s.member_step, spp, 4, 1)
     best = min(strategies.measure(runner, s.states, s.inputs, s.images, s.keypoints,
                                   probe_steps=args.steps)["step_s"] for _ in range(args.rounds))
@@ -135,13 +135,14 @@ def main() -> None:
     from ensemble_jax import TrainConfig
     from ensemble_jax.training import sharding, strategies
     from ensemble_jax.training import trainer as trainer_mod
+    from ensemble_jax.training.backend import path_backend
 
     members = [1, 4] if args.quick else [int(x) for x in args.members.split(",")]
     names = args.strategies.split(",")
     default_group = TrainConfig().members_per_program
     groups = [int(g) for g in args.groups.split(",")] if args.groups else [default_group]
     backend = jax.default_backend()
-    spp = strategies.default_steps_per_program(backend, TrainConfig().chunk_size)
+    spp = strategies.default_steps_per_program(path_backend(), TrainConfig().chunk_size)
     ceil32 = matmul_ceiling(jnp.float32)
     ceil16 = matmul_ceiling(jnp.bfloat16)
     headroom = None
@@ -160,10 +161,12 @@ def main() -> None:
         runners, setups = {}, {}
 
         def add_column(col, runner, s):
-            """Compile `runner` (first program run) and register it for the timed rounds."""
+            """Compile `runner` (a warm-up of the timed rounds' step count, so it compiles
+            the very programs they run and no more steps) and register it for them."""
             runners[col], setups[col] = runner, s
             t0 = time.perf_counter()
-            jax.block_until_ready(runner(s.states, s.inputs, s.images, s.keypoints, 0, spp)[0])
+            jax.block_until_ready(runner(s.states, s.inputs, s.images, s.keypoints, 0,
+                                         args.steps)[0])
             row[col] = {"compile_s": time.perf_counter() - t0, "step_s_rounds": []}
             print(f"  N={n:3d} {col:>12}: compiled in {row[col]['compile_s']:.1f} s", flush=True)
 

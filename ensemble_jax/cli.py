@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--deterministic", action="store_true",
+                   help="bit-identical results run to run on GPUs too (XLA deterministic "
+                        "ops, full float32 matmuls, order-free AUM sums; slower); see README")
     g = s.add_argument_group("several devices and hosts (results equal a one-device run's)")
     g.add_argument("--devices", type=int, default=None, metavar="N",
                    help="devices per process to shard the members over (default: all)")
@@ -141,13 +144,20 @@ def sweep_configs(args: argparse.Namespace):
     train = dataclasses.replace(train, **pick(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         strategy=args.strategy, chunk_size=args.chunk_size,
-        checkpoint_every=args.checkpoint_every, seed=args.seed))
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        deterministic=True if getattr(args, "deterministic", False) else None))
     return sweep, model, train
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
+        if args.deterministic:   # XLA reads its flags when the backend starts
+            from ensemble_jax.training import determinism
+            late = determinism.request_xla_flags()
+            if late:
+                print(f"ensemble-jax sweep: warning: {late}", file=sys.stderr)
+            determinism.set_highest_precision()
         try:   # before any JAX computation (cpu_cores.py says why)
             from ensemble_jax.training.cpu_cores import use_cpu_cores
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \

@@ -381,18 +381,17 @@ def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfi
     if sharding.n_shards(mesh) == 1:
         mesh = None
     n_dev = 1 if mesh is None else sharding.n_shards(mesh)
-    source = "given"
+    source, warning = "given", None
     if memory_budget is None and members_per_wave is None:
-        limit = waves.device_memory_budget()
-        if limit:
-            memory_budget, source = int(limit * waves.SAFETY), "device limit x 0.8"
+        memory_budget, source, warning = waves.default_memory_budget()
     per_member = fixed = None
     if memory_budget is not None and members_per_wave is None:
         per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train)
         fixed = int(train.images.nbytes + train.keypoints.nbytes)
     plan = waves.plan_waves(n_members, n_devices=n_dev, members_per_wave=members_per_wave,
                             memory_budget=memory_budget, per_member_bytes=per_member,
-                            fixed_bytes=fixed or 0, budget_source=source)
+                            fixed_bytes=fixed or 0, budget_source=source,
+                            warning=warning)
     return mesh, plan
 
 

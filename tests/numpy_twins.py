@@ -274,3 +274,30 @@ def consensus(keypoints, confidences=None, method="weighted_mean"):
             if den > 0:
                 out[f, k] = num / den
     return out
+
+
+def scatter_add_once_addends(idx, values):
+    """The addends of `determinism.scatter_add_once`, by loops: position j adds the sum
+    (in batch order, float32) of every value whose index equals idx[j] if j is that
+    index's first position, else 0."""
+    idx = np.asarray(idx)
+    values = np.asarray(values, np.float32)
+    out = np.zeros_like(values)
+    for j in range(len(idx)):
+        if any(idx[i] == idx[j] for i in range(j)):
+            continue
+        total = np.zeros_like(values[j])
+        for i in range(len(idx)):
+            if idx[i] == idx[j]:
+                total = (total + values[i]).astype(np.float32)
+        out[j] = total
+    return out
+
+
+def scatter_in_order(target, idx, addends, order):
+    """target[idx[j]] += addends[j] for j in `order`, one float32 addition at a time (what
+    a GPU scatter does, in an order it does not fix)."""
+    out = np.array(target, np.float32, copy=True)
+    for j in order:
+        out[idx[j]] = (out[idx[j]] + addends[j]).astype(np.float32)
+    return out

@@ -4,13 +4,23 @@ killed save is never restored; leftover temporaries are removed on the next open
 
 `format.json` beside the step folders records the checkpoint format and package version;
 a resume from another version is refused. A checkpoint that is damaged after the fact
-(files deleted or truncated) fails to restore: `restore_latest` then falls back to the
-previous step with a warning, deleting the damaged one so that training re-saves it, and
-fails with a clear message if no step restores.
+(files deleted or truncated, a failed format check) fails to restore: `restore_latest`
+then falls back to the previous step with a warning, deleting the damaged one so that
+training re-saves it, and fails with a clear message if no step restores. Only proven
+damage is deleted: a restore that runs out of memory (or fails for any reason that is not
+damage) stops with one clear line and leaves every checkpoint in place.
+
+orbax reports a failed save (a full disk, say) from its background threads through absl
+logging, several hundred lines of tracebacks per save; those loggers are silenced around
+saves and restores, and the failure becomes one `CheckpointWriteError` line naming the
+directory.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,9 +29,60 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ensemble_jax import io as eio
+from ensemble_jax.training.errors import is_resource_error, one_line
 
 CHECKPOINT_FORMAT = 1
 FORMAT_FILE = "format.json"
+# Loggers orbax (and the asyncio loops of its threads) report save failures through.
+NOISY_LOGGERS = ("absl", "orbax", "asyncio", "tensorstore")
+# Markers of a checkpoint whose files are missing, cut short or not what they should be
+# (tensorstore status names; orbax's own messages); see tests/test_reliability.py.
+_DAMAGE_MARKERS = ("NOT_FOUND", "OUT_OF_RANGE", "DATA_LOSS", "Truncated", "truncated",
+                   "Error decoding", "checksum", "does not exist", "Unexpected end",
+                   "corrupt")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (no space, no permission ...); one line."""
+
+
+class CheckpointRestoreError(ValueError):
+    """A checkpoint could not be restored for a reason that is not damage (out of memory,
+    say); nothing was deleted. A ValueError, so the command line reports it in one line."""
+
+
+def is_damage(e: BaseException) -> bool:
+    """True only for errors that show the checkpoint's files are missing or corrupt."""
+    if is_resource_error(e):
+        return False
+    if isinstance(e, (FileNotFoundError, json.JSONDecodeError, EOFError)):
+        return True
+    return isinstance(e, ValueError) and any(m in str(e) for m in _DAMAGE_MARKERS)
+
+
+@contextlib.contextmanager
+def quiet_orbax():
+    """Silences orbax's logging (tracebacks from its background threads) in the block;
+    failures still raise, and are reported once by the caller."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, before):
+            lg.setLevel(level)
+
+
+def _write_reason(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in text \
+            or "os_error_code='28'" in text:
+        return "no space left on device"
+    if isinstance(e, PermissionError) or "Permission denied" in text:
+        return "permission denied"
+    return one_line(e)
 
 
 def _package_version() -> str:
@@ -82,20 +143,42 @@ class Checkpointer:
     def save(self, step: int, tree: Any) -> None:
         # Synchronous: the next chunk may reuse the buffers, and a finished save is the
         # only kind a resume should ever see.
-        if jax.process_index() == 0 and not (self.directory / FORMAT_FILE).exists():
-            eio.write_json(self.directory / FORMAT_FILE, self.version())  # process 0 only
-        self.manager.save(step, args=ocp.args.StandardSave(tree))
-        self.manager.wait_until_finished()
+        try:
+            if jax.process_index() == 0 and not (self.directory / FORMAT_FILE).exists():
+                eio.write_json(self.directory / FORMAT_FILE, self.version())  # process 0
+            with quiet_orbax():
+                self.manager.save(step, args=ocp.args.StandardSave(tree))
+                self.manager.wait_until_finished()
+        except Exception as e:   # noqa: BLE001 - orbax raises ValueError, OSError, ...
+            latest = [p for p in self.manager.all_steps() if p != step]
+            keep = (f"the last complete checkpoint is step {max(latest)}" if latest
+                    else "no complete checkpoint yet")
+            raise CheckpointWriteError(
+                f"checkpoint directory {self.directory}: could not write step {step}: "
+                f"{_write_reason(e)} ({keep}; free room there and continue with --resume)"
+            ) from None
 
     def restore_latest(self, like: Any) -> tuple[int, Any]:
         """(step, tree) of the newest checkpoint that restores; damaged newer ones are
-        reported and deleted. Raises ValueError naming each failure if none restores."""
+        reported and deleted. Raises ValueError naming each failure if none restores, and
+        CheckpointRestoreError (deleting nothing) on a failure that is not damage."""
         errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 tree = self.restore(step, like)
-            except Exception as e:  # missing / truncated files: tensorstore, ValueError ...
-                msg = f"step {step}: {type(e).__name__}: {str(e)[:300]}"
+            except Exception as e:  # noqa: BLE001 - sorted into damage / not below
+                if not is_damage(e):
+                    if is_resource_error(e):
+                        kind, advice = "ran out of memory", (
+                            "free memory (fewer members per wave, other processes on the "
+                            "device) and resume again")
+                    else:
+                        kind, advice = "failed, and the error does not show damage", (
+                            "fix the cause and resume again")
+                    raise CheckpointRestoreError(
+                        f"{self.directory}: restoring checkpoint step {step} {kind} "
+                        f"({one_line(e)}); no checkpoint was deleted; {advice}") from e
+                msg = f"step {step}: {one_line(e, 300)}"
                 errors.append(msg)
                 self.log(f"warning: {self.directory}: checkpoint {msg}; it is damaged, "
                          f"trying the previous one")
@@ -115,8 +198,10 @@ class Checkpointer:
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype
                                            if not hasattr(x, "dtype") else x.dtype,
                                            sharding=getattr(x, "sharding", None)), like)
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        with quiet_orbax():
+            return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with quiet_orbax():
+            self.manager.wait_until_finished()
+            self.manager.close()

@@ -34,6 +34,7 @@ class TrainConfig:
     track_aum: bool = True
     aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
     checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
+    deterministic: bool = False           # bit-reproducible on GPUs too (training/determinism.py)
 
     def __post_init__(self) -> None:
         def bad(name, why):

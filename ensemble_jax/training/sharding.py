@@ -175,8 +175,9 @@ class ShardedRunner(strategies.ChunkRunner):
     """
 
     def __init__(self, name: str, member_step: Callable, steps_per_program: int,
-                 n_members: int, members_per_program: int, mesh: Mesh):
-        super().__init__(steps_per_program)
+                 n_members: int, members_per_program: int, mesh: Mesh,
+                 backend: str | None = None):
+        super().__init__(steps_per_program, backend)
         d = n_shards(mesh)
         if n_members % d:
             raise ValueError(f"ShardedRunner: {n_members} members do not divide over {d} "
@@ -202,13 +203,14 @@ class ShardedRunner(strategies.ChunkRunner):
         g, local = self.group, self.local
         body = self._body(length)
 
-        def per_device(states, inputs, images, keypoints, start, lo):
+        def chunk_program(states, inputs, images, keypoints, start, n, lo):
+            # one device's block of members (the name is what compile logs show)
             if g == local:
-                return body(states, inputs, images, keypoints, start)
+                return body(states, inputs, images, keypoints, start, n)
             idx = (lo + jnp.arange(g)) % local
             st = tree_map(lambda x: x[idx], states)
             ins = tree_map(lambda x: x[idx], inputs)
-            new, losses = body(st, ins, images, keypoints, start)
+            new, losses = body(st, ins, images, keypoints, start, n)
             keep = jnp.arange(g) < (local - lo)
 
             def put(x, y):
@@ -216,26 +218,27 @@ class ShardedRunner(strategies.ChunkRunner):
                 return x.at[idx].set(jnp.where(k, y, x[idx]))
             return tree_map(put, states, new), losses
 
-        f = jax.shard_map(per_device, mesh=self.mesh,
-                          in_specs=(P(AXIS), P(AXIS), P(), P(), P(), P()),
+        f = jax.shard_map(chunk_program, mesh=self.mesh,
+                          in_specs=(P(AXIS), P(AXIS), P(), P(), P(), P(), P()),
                           out_specs=(P(AXIS), P(None, AXIS)), check_vma=False)
         return jax.jit(f)
 
     def __call__(self, states, inputs, images, keypoints, start, n_steps):
         g, local, d = self.group, self.local, n_shards(self.mesh)
-        pieces = []   # (lo, step offset, losses [length, d*g])
+        pieces = []   # (lo, step offset, steps, losses [program length, d*g])
         for lo in range(0, local, g):
             done = 0
             while done < n_steps:
-                length = min(self.steps_per_program, n_steps - done)
-                states, loss = self._program(length)(states, inputs, images, keypoints,
-                                                     jnp.int32(start + done), jnp.int32(lo))
-                pieces.append((lo, done, loss))
-                done += length
-        fetched = to_host([p[2] for p in pieces])
+                n = min(self.steps_per_program, n_steps - done)
+                states, loss = self._program(self.program_length(n))(
+                    states, inputs, images, keypoints, jnp.int32(start + done), jnp.int32(n),
+                    jnp.int32(lo))
+                pieces.append((lo, done, n, loss))
+                done += n
+        fetched = to_host([p[3] for p in pieces])
         out = np.full((n_steps, self.n_members), np.nan, np.float32)
-        for (lo, off, _), loss in zip(pieces, fetched):
-            loss = np.asarray(loss).reshape(loss.shape[0], d, g)
+        for (lo, off, n, _), loss in zip(pieces, fetched):
+            loss = np.asarray(loss)[:n].reshape(n, d, g)
             keep = min(g, local - lo)
             for j in range(keep):
                 out[off:off + loss.shape[0], np.arange(d) * local + lo + j] = loss[:, :, j]

@@ -15,6 +15,7 @@ from ensemble_jax.data.targets import gaussian_targets
 from ensemble_jax.kernels.margins import heatmap_margin
 from ensemble_jax.models.heatmap_net import HeatmapNet
 from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.determinism import scatter_add_once
 
 
 class MemberState(NamedTuple):
@@ -84,7 +85,11 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
             margin = heatmap_margin(jax.lax.stop_gradient(logits), kp, stride=stride,
                                     radius=cfg.aum_radius)                      # [B, K]
             valid = jnp.isfinite(margin) & ok
-            aum_sum = aum_sum.at[idx].add(jnp.where(valid, margin, 0.0))
+            contrib = jnp.where(valid, margin, 0.0)
+            if cfg.deterministic:   # duplicate frames: one addend each, any scatter order
+                aum_sum = scatter_add_once(aum_sum, idx, contrib)
+            else:
+                aum_sum = aum_sum.at[idx].add(contrib)
             aum_count = aum_count.at[idx].add(valid.astype(jnp.int32))
         new_state = MemberState(
             params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
@@ -92,4 +97,11 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
             diverged_at=jnp.where(state.alive & ~ok, step_index, state.diverged_at).astype(jnp.int32))
         return new_state, jnp.where(state.alive, loss, jnp.nan)
 
-    return step
+    if not cfg.deterministic:
+        return step
+
+    def deterministic_step(*args):
+        # Traced under full float32 precision (no TF32), wherever it is traced.
+        with jax.default_matmul_precision("highest"):
+            return step(*args)
+    return deterministic_step

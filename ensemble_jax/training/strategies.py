@@ -13,13 +13,15 @@ stacked state, so they agree to float tolerance and can be swapped freely:
               other (no grouped convs); XLA schedules the independent members together.
   sequential  the reference loop: one single-member program, called for each member.
 
-A chunk is a run of compiled programs, each `steps_per_program` steps long (a rolled
-`lax.scan` on accelerators; one straight-line step on CPU, see
+A chunk is a run of compiled programs of at most `steps_per_program` steps (on
+accelerators one rolled loop whose step count is a run-time argument, so one program
+serves every chunk length; on CPU one straight-line step, see
 `default_steps_per_program`), enqueued without host syncs; `auto`'s probe runs the very
-programs the training then reuses.
+programs the training then reuses and never compiles one twice.
 `auto` times a few steps of each candidate on the current backend (the close contenders
-twice, best timing counts) and caches the winner per backend and shapes in
-~/.cache/ensemble_jax/strategies.json.
+twice, best timing counts; ~7% of the training steps at the defaults), skips a candidate
+that fails to build, compile or run (out of memory, say) with a one-line reason, and
+caches the winner per backend and shapes in ~/.cache/ensemble_jax/strategies.json.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from ensemble_jax import io as eio
 from ensemble_jax.models.heatmap_net import ModelConfig
+from ensemble_jax.training.backend import path_backend
 from ensemble_jax.training.config import STRATEGIES
 
 tree_map = jax.tree_util.tree_map
@@ -46,15 +49,31 @@ tree_map = jax.tree_util.tree_map
 def default_steps_per_program(backend: str, chunk_size: int) -> int:
     """XLA:CPU runs convolutions inside a while loop on a slow path (jax#12868: ~10x here),
     so on CPU a program holds one straight-line step and the host enqueues them
-    asynchronously; accelerators get the whole chunk as one rolled `lax.scan`."""
+    asynchronously; accelerators get the whole chunk as one rolled loop."""
     return 1 if backend == "cpu" else chunk_size
 
 
-def _scan_steps(stepper: Callable, carry: Any, start, length: int, backend: str):
-    if backend != "cpu":
-        return jax.lax.scan(lambda c, i: stepper(c, start + i), carry,
-                            jnp.arange(length, dtype=jnp.int32))
-    # Straight-line steps: even a trip-count-1 scan keeps the slow while-loop path on CPU.
+def rolled(backend: str) -> bool:
+    """Whether programs are rolled loops with a run-time step count (accelerators) or
+    straight-line steps of a fixed count (CPU)."""
+    return backend != "cpu"
+
+
+def _loop_steps(stepper: Callable, carry: Any, start, n, length: int, backend: str):
+    """(carry, losses [length, ...]). Rolled: a loop of `n` steps (n <= length, a run-time
+    value), so one compiled program serves every chunk length up to `length` (a short last
+    chunk, a checkpoint boundary, a 1-step probe); rows past n stay NaN. Straight-line:
+    exactly `length` steps, n ignored."""
+    if rolled(backend):
+        loss_like = jax.eval_shape(stepper, carry, start)[1]
+        losses = jnp.full((length,) + loss_like.shape, jnp.nan, loss_like.dtype)
+
+        def body(i, val):
+            c, ls = val
+            c, loss = stepper(c, start + i)
+            return c, jax.lax.dynamic_update_index_in_dim(ls, loss, i, 0)
+        return jax.lax.fori_loop(0, jnp.minimum(n, length), body, (carry, losses))
+    # Straight-line steps: even a trip-count-1 loop keeps the slow while-loop path on CPU.
     losses = []
     for i in range(length):
         carry, loss = stepper(carry, start + i)
@@ -63,20 +82,20 @@ def _scan_steps(stepper: Callable, carry: Any, start, length: int, backend: str)
 
 
 def vmapped_steps(member_step: Callable, length: int, backend: str) -> Callable:
-    """(states, inputs, images, keypoints, start) -> (states, losses [length, M]): every
-    member stacked on axis 0 stepped `length` times by one vmapped step."""
+    """(states, inputs, images, keypoints, start, n) -> (states, losses [length, M]):
+    every member stacked on axis 0 stepped (`_loop_steps`) by one vmapped step."""
     vstep = jax.vmap(member_step, in_axes=(0, 0, None, None, None))
 
-    def program(states, inputs, images, keypoints, start):
-        return _scan_steps(lambda st, s: vstep(st, inputs, s, images, keypoints),
-                           states, start, length, backend)
-    return program
+    def chunk_program(states, inputs, images, keypoints, start, n):
+        return _loop_steps(lambda st, s: vstep(st, inputs, s, images, keypoints),
+                           states, start, n, length, backend)
+    return chunk_program
 
 
 def unrolled_steps(member_step: Callable, group: int, length: int, backend: str) -> Callable:
     """Like `vmapped_steps` for `group` members stacked on axis 0, but each member's step
     traced on its own, one after the other (no grouped convolutions)."""
-    def program(states, inputs, images, keypoints, start):
+    def chunk_program(states, inputs, images, keypoints, start, n):
         members = tuple(tree_map(lambda x: x[g], states) for g in range(group))
         ins = [tree_map(lambda x: x[g], inputs) for g in range(group)]
 
@@ -84,27 +103,45 @@ def unrolled_steps(member_step: Callable, group: int, length: int, backend: str)
             outs = [member_step(ms[g], ins[g], s, images, keypoints) for g in range(group)]
             return tuple(o[0] for o in outs), jnp.stack([o[1] for o in outs])
 
-        ms, losses = _scan_steps(stepper, members, start, length, backend)
+        ms, losses = _loop_steps(stepper, members, start, n, length, backend)
         return tree_map(lambda *xs: jnp.stack(xs), *ms), losses
-    return program
+    return chunk_program
 
 
 class ChunkRunner:
     """runner(states, inputs, images, keypoints, start_step, n_steps) -> (states, losses
     float32 [n_steps, M]); `states`/`inputs` stacked on [M]. A chunk is a sequence of
-    compiled programs of `steps_per_program` steps, enqueued without a host sync; the
-    losses are fetched once, at the end of the chunk."""
+    compiled programs of at most `steps_per_program` steps, enqueued without a host sync;
+    the losses are fetched once, at the end of the chunk.
+
+    Programs are compiled once per `program_length` (rolled: one length for every chunk;
+    straight-line: one per distinct step count) and counted in `compiles`."""
 
     name: str
 
-    def __init__(self, steps_per_program: int):
+    def __init__(self, steps_per_program: int, backend: str | None = None):
         self.steps_per_program = steps_per_program
-        self.backend = jax.default_backend()
+        self.backend = backend or path_backend()
         self._programs: dict[int, Callable] = {}
+        self.compiles = 0        # programs built (each jit-compiled on its first call)
+
+    def program_length(self, n_steps: int) -> int:
+        """The compiled length that runs `n_steps` (<= steps_per_program) steps."""
+        return self.steps_per_program if rolled(self.backend) else n_steps
+
+    def probe_steps(self, timed: int) -> tuple[int, int]:
+        """(warm-up steps, timed steps) for `measure`: rolled, 1 step compiles the program
+        and `timed` steps time it; straight-line, whole programs of the length training
+        runs, so the probe compiles nothing training will not reuse."""
+        if rolled(self.backend):
+            return 1, timed
+        spp = self.steps_per_program
+        return spp, spp * max(1, math.ceil(timed / spp))
 
     def _program(self, length: int) -> Callable:
         if length not in self._programs:
             self._programs[length] = self._build(length)
+            self.compiles += 1
         return self._programs[length]
 
     def _build(self, length: int) -> Callable:
@@ -114,17 +151,18 @@ class ChunkRunner:
         losses = []
         done = 0
         while done < n_steps:
-            length = min(self.steps_per_program, n_steps - done)
-            states, loss = self._program(length)(states, inputs, images, keypoints,
-                                                 jnp.int32(start + done))
-            losses.append(loss)
-            done += length
-        return states, np.concatenate([np.asarray(l) for l in losses])
+            n = min(self.steps_per_program, n_steps - done)
+            states, loss = self._program(self.program_length(n))(
+                states, inputs, images, keypoints, jnp.int32(start + done), jnp.int32(n))
+            losses.append((loss, n))
+            done += n
+        return states, np.concatenate([np.asarray(l)[:n] for l, n in losses])
 
 
 class VmapRunner(ChunkRunner):
-    def __init__(self, member_step: Callable, steps_per_program: int, name: str = "vmap"):
-        super().__init__(steps_per_program)
+    def __init__(self, member_step: Callable, steps_per_program: int, name: str = "vmap",
+                 backend: str | None = None):
+        super().__init__(steps_per_program, backend)
         self.member_step, self.name = member_step, name
 
     def _build(self, length: int) -> Callable:
@@ -138,8 +176,9 @@ class GroupRunner(ChunkRunner):
     """Members in groups of `group` traced one after the other in one program; the groups
     are run one after the other from Python. group=1 is the sequential reference loop."""
 
-    def __init__(self, member_step: Callable, steps_per_program: int, group: int, name: str):
-        super().__init__(steps_per_program)
+    def __init__(self, member_step: Callable, steps_per_program: int, group: int, name: str,
+                 backend: str | None = None):
+        super().__init__(steps_per_program, backend)
         self.member_step, self.group, self.name = member_step, group, name
         self._take = jax.jit(lambda tree, idx: tree_map(lambda x: x[idx], tree))
         self._put = jax.jit(lambda tree, sub, idx: tree_map(lambda x, y: x.at[idx].set(y),
@@ -174,14 +213,14 @@ def group_size(n_members: int, members_per_program: int) -> int:
 
 
 def make_runner(name: str, member_step: Callable, steps_per_program: int, n_members: int,
-                members_per_program: int) -> ChunkRunner:
+                members_per_program: int, backend: str | None = None) -> ChunkRunner:
     if name in VMAP_STRATEGIES:
-        return VmapRunner(member_step, steps_per_program, name)
+        return VmapRunner(member_step, steps_per_program, name, backend)
     if name == "unrolled":
         return GroupRunner(member_step, steps_per_program,
-                           group_size(n_members, members_per_program), "unrolled")
+                           group_size(n_members, members_per_program), "unrolled", backend)
     if name == "sequential":
-        return GroupRunner(member_step, steps_per_program, 1, "sequential")
+        return GroupRunner(member_step, steps_per_program, 1, "sequential", backend)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(ALL)}, auto")
 
 
@@ -207,6 +246,10 @@ def candidates(backend: str, n_members: int) -> list[str]:
     return ["vmap", "vmap_matmul", "unrolled", "sequential"]
 
 
+class NoStrategyError(ValueError):
+    """Every candidate of `auto` failed to build, compile or run (one line per reason)."""
+
+
 # `auto` times again every candidate within this factor of the fastest first timing.
 RETIME_WITHIN = 1.3
 
@@ -219,7 +262,8 @@ def _cache_path() -> Path:
 
 def cache_key(**facts: Any) -> str:
     dev = jax.devices()[0]
-    facts = dict(facts, backend=jax.default_backend(), device=dev.device_kind,
+    facts = dict(facts, backend=jax.default_backend(), paths=path_backend(),
+                 device=dev.device_kind,
                  n_devices=jax.local_device_count(), jax=jax.__version__)
     blob = json.dumps(facts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -247,15 +291,27 @@ def store_cached(key: str, entry: dict) -> None:
 
 def measure(runner: ChunkRunner, states, inputs, images, keypoints, *, probe_steps: int = 3
             ) -> dict:
-    """Compiles and runs one program, then times another. Results are discarded: the
-    functions are pure, so the probe leaves the real training state untouched."""
-    probe_steps = max(probe_steps, runner.steps_per_program)
+    """Compiles the program training will run (`runner.probe_steps`: one step of the rolled
+    loop, or whole straight-line programs), then times `probe_steps` steps of it. Results
+    are discarded: the functions are pure, so the probe leaves the training state
+    untouched. "steps" in the result counts every ensemble step the probe ran."""
+    warm, timed = runner.probe_steps(probe_steps)
     t0 = time.perf_counter()
-    out, _ = runner(states, inputs, images, keypoints, 0, runner.steps_per_program)
+    out, _ = runner(states, inputs, images, keypoints, 0, warm)
     jax.block_until_ready(out)
     compile_s = time.perf_counter() - t0
+    del out
     t0 = time.perf_counter()
-    out, _ = runner(states, inputs, images, keypoints, 0, probe_steps)
+    out, _ = runner(states, inputs, images, keypoints, 0, timed)
     jax.block_until_ready(out)
-    step_s = (time.perf_counter() - t0) / probe_steps
-    return {"compile_s": compile_s, "step_s": step_s}
+    step_s = (time.perf_counter() - t0) / timed
+    return {"compile_s": compile_s, "step_s": step_s, "steps": warm + timed}
+
+
+def timed_probe_steps(train_steps: int, n_candidates: int, most: int = 3) -> int:
+    """Timed steps per candidate so that the whole probe (1 warm-up + timed steps each,
+    the close contenders timed twice) stays within ~10% of `train_steps`: 3 at the
+    defaults (400 steps, 4 candidates: at most 28 probe steps, 7%); 1 for short runs,
+    where no probe can be a small share."""
+    per = (train_steps // 10) // max(1, n_candidates)
+    return int(max(1, min(most, (per - 1) // 2)))

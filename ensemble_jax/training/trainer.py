@@ -16,7 +16,7 @@ import numpy as np
 from ensemble_jax.data.dataset import DatasetError, KeypointDataset
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.subsets import validate_masks
-from ensemble_jax.training import sharding, strategies
+from ensemble_jax.training import backend, errors, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
@@ -115,6 +115,10 @@ class EnsembleTrainer:
         inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
                               jnp.asarray(lr_scale, jnp.float32))
         states = _stack([init_one(inputs.key[i]) for i in range(m)])
+        # Committed to its device, as the states restored from a checkpoint are: jit
+        # keys its compiled programs on that too, so a resume would otherwise compile
+        # every chunk program a second time.
+        states = jax.device_put(states, jax.tree_util.tree_leaves(states)[0].sharding)
         return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
                       jnp.asarray(dataset.keypoints), n_real=m)
 
@@ -130,15 +134,15 @@ class EnsembleTrainer:
     def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
         tc = self.train_config
         m = int(s.inputs.subset_size.shape[0])
-        spp = tc.steps_per_program or strategies.default_steps_per_program(
-            jax.default_backend(), tc.chunk_size)
+        paths = backend.path_backend()
+        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
         if s.mesh is None:
             make = lambda name: _runner(name, self._step_for(s, name), spp, m,
-                                        tc.members_per_program)
+                                        tc.members_per_program, paths)
             local, mesh_facts = m, None
         else:  # the strategy applies inside each device, to its block of members
             make = lambda name: _sharded_runner(name, self._step_for(s, name), spp, m,
-                                                tc.members_per_program, s.mesh)
+                                                tc.members_per_program, s.mesh, paths)
             local = m // sharding.n_shards(s.mesh)
             mesh_facts = (sharding.n_shards(s.mesh), jax.process_count())
         if tc.strategy != "auto":
@@ -147,7 +151,7 @@ class EnsembleTrainer:
                                    images=tuple(s.images.shape), batch=tc.batch_size,
                                    group=tc.members_per_program, aum=tc.track_aum, spp=spp,
                                    **({"mesh": mesh_facts} if mesh_facts else {}))
-        names = strategies.candidates(jax.default_backend(), local)
+        names = strategies.candidates(paths, local)
         cached = strategies.load_cached(key)
         # Every process must run the same programs: process 0's cache and choice decide.
         if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
@@ -158,31 +162,60 @@ class EnsembleTrainer:
         if cached and jax.process_count() == 1:
             log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
             return make(cached["chosen"]), dict(cached, how="cached")
-        table, runners = {}, {}
+        timed = strategies.timed_probe_steps(tc.steps, len(names))
+        table, runners, failed = {}, {}, {}
+        probe_steps = 0
+
+        def attempt(name: str) -> dict | None:
+            """One measurement; a candidate that cannot be built, compiled or run (out of
+            device memory, a compiler failure) is skipped with its reason."""
+            try:
+                if name not in runners:
+                    runners[name] = make(name)
+                return strategies.measure(runners[name], s.states, s.inputs, s.images,
+                                          s.keypoints, probe_steps=timed)
+            except Exception as e:   # noqa: BLE001 - any failure disqualifies a candidate
+                failed[name] = errors.one_line(e)
+                kind = "out of memory" if errors.is_resource_error(e) else "failed"
+                log(f"strategy probe {name:>11}: skipped, {kind}: {failed[name]}")
+                table.pop(name, None)
+                return None
+
         for name in names:
-            runners[name] = make(name)
-            table[name] = strategies.measure(runners[name], s.states, s.inputs, s.images,
-                                             s.keypoints)
-            log(f"strategy probe {name:>11}: {m * tc.batch_size / table[name]['step_s']:8.0f}"
-                f" img/s (compile {table[name]['compile_s']:.1f} s)")
+            got = attempt(name)
+            if got is None:
+                continue
+            table[name] = got
+            probe_steps += got["steps"]
+            log(f"strategy probe {name:>11}: {m * tc.batch_size / got['step_s']:8.0f}"
+                f" img/s (compile {got['compile_s']:.1f} s)")
+        if not table:
+            raise strategies.NoStrategyError(
+                "strategy auto: every candidate failed (" + "; ".join(
+                    f"{k}: {v}" for k, v in failed.items()) + "); lower --batch-size, the "
+                "members per wave (--members-per-wave) or --image-size")
         # A second timing of the close contenders (programs already compiled): one short
         # timing on a shared machine can be 20% off, more than the gaps between them.
         fastest = min(t["step_s"] for t in table.values())
-        for name in names:
-            if len(names) > 1 and table[name]["step_s"] < strategies.RETIME_WITHIN * fastest:
-                again = strategies.measure(runners[name], s.states, s.inputs, s.images,
-                                           s.keypoints)["step_s"]
-                table[name]["step_s"] = min(table[name]["step_s"], again)
-        for name in names:
+        for name in list(table):
+            if len(table) > 1 and table[name]["step_s"] < strategies.RETIME_WITHIN * fastest:
+                again = attempt(name)
+                if again is not None:
+                    table[name]["step_s"] = min(table[name]["step_s"], again["step_s"])
+                    probe_steps += again["steps"]
+        for name in table:
             table[name]["images_per_s"] = m * tc.batch_size / table[name]["step_s"]
         chosen = min(table, key=lambda k: table[k]["step_s"])
         chosen = names[sharding.agree(names.index(chosen))]
-        entry = {"chosen": chosen, "table": table}
+        entry = {"chosen": chosen, "table": table, "probe_steps": probe_steps}
+        if failed:
+            entry["failed"] = failed
         if sharding.is_primary():
             strategies.store_cached(key, entry)
-        log(f"strategy: {chosen} (fastest measured on {jax.default_backend()}: " + ", ".join(
-            f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s)")
-        return runners[chosen], dict(entry, how="measured")
+        log(f"strategy: {chosen} (fastest measured on {paths}: " + ", ".join(
+            f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s"
+            + (f"; skipped {', '.join(failed)}" if failed else "") + ")")
+        return make(chosen), dict(entry, how="measured")
 
     # ---------------------------------------------------------------- training
     def fit(self, dataset: KeypointDataset, masks: np.ndarray, *,
@@ -222,7 +255,9 @@ class EnsembleTrainer:
         t_setup = time.perf_counter()
         s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh)
         runner, strategy_info = self.choose_strategy(s, log)
-        states = s.states
+        # The setup's initial states are no longer needed once the probe ran: without this,
+        # a third copy of every member's state stays on the device while training.
+        states, s.states = s.states, None
         losses = np.full((tc.steps, m), np.nan, np.float32)
         keys = member_keys(tc.seed, member_ids)
         step = 0
@@ -318,13 +353,16 @@ _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
 
 @functools.lru_cache(maxsize=64)
 def _sharded_runner(name: str, member_step: Callable, spp: int, m: int, per_program: int,
-                    mesh: Any):
-    return sharding.ShardedRunner(name, member_step, spp, m, per_program, mesh)
+                    mesh: Any, paths: str | None = None):
+    return sharding.ShardedRunner(name, member_step, spp, m, per_program, mesh,
+                                  paths or backend.path_backend())
 
 
 @functools.lru_cache(maxsize=64)
-def _runner(name: str, member_step: Callable, spp: int, m: int, per_program: int):
-    return strategies.make_runner(name, member_step, spp, m, per_program)
+def _runner(name: str, member_step: Callable, spp: int, m: int, per_program: int,
+            paths: str | None = None):
+    return strategies.make_runner(name, member_step, spp, m, per_program,
+                                  paths or backend.path_backend())
 
 
 def _progress(total: int, members: int, initial: int, enabled: bool):

@@ -9,9 +9,10 @@ Memory model (per device): every member costs its training state (params, Adam m
 AUM sums/counts; twice, since a step writes a new state while the old one is live) plus
 the temporary buffers of one member step at the batch size (XLA's own
 `memory_analysis()` of the compiled step, or an estimate from the activations); the shared
-frames are replicated on every device. The budget is `--memory-budget` bytes, or the
-device's `memory_stats()['bytes_limit']` where the backend reports one (GPUs, TPUs), times
-a safety factor.
+frames are replicated on every device. The budget is `--memory-budget` bytes, or what the
+device reports free (`memory_stats()`: `bytes_limit - bytes_in_use`) times a safety
+factor. An accelerator that reports nothing (e.g. `XLA_PYTHON_CLIENT_ALLOCATOR=platform`)
+gets a conservative default with a warning in the plan; a CPU (host memory) gets one wave.
 """
 from __future__ import annotations
 
@@ -31,7 +32,10 @@ from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.step import MemberInputs, init_member
 
-SAFETY = 0.8      # fraction of a measured device limit the plan may use
+SAFETY = 0.8      # fraction of the free device memory the plan may use
+# Per-device budget when an accelerator reports no memory statistics: the free memory of a
+# small (8 GiB) GPU with room to spare; --memory-budget overrides it.
+UNREPORTED_DEFAULT = 4 * 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,7 @@ class WavePlan:
     fixed_bytes: int | None = None
     budget_bytes: int | None = None       # per device
     budget_source: str = "none"
+    warning: str | None = None
 
     @property
     def members_per_wave(self) -> int:
@@ -56,6 +61,8 @@ class WavePlan:
             lines.append(f"  memory: budget {_mib(self.budget_bytes)} per device "
                          f"({self.budget_source}); ~{_mib(self.per_member_bytes)} per member, "
                          f"{_mib(self.fixed_bytes)} shared frames")
+        if self.warning:
+            lines.append(f"  warning: {self.warning}")
         for i, (lo, hi) in enumerate(self.waves):
             lines.append(f"  wave {i + 1}/{n}: members {lo}..{hi - 1} ({hi - lo})")
         return "\n".join(lines)
@@ -66,14 +73,33 @@ def _mib(b: int | None) -> str:
 
 
 def device_memory_budget(device: Any = None) -> int | None:
-    """Bytes the backend says one device may hold (None on CPU, which reports nothing)."""
+    """Bytes free on one device by its own statistics (`bytes_limit - bytes_in_use`), or
+    None where the backend reports none (the CPU; some allocators)."""
     device = device or jax.local_devices()[0]
     try:
         stats = device.memory_stats() or {}
     except Exception:   # not every backend implements it
         return None
     limit = stats.get("bytes_limit")
-    return int(limit) if limit else None
+    if not limit:
+        return None
+    return max(0, int(limit) - int(stats.get("bytes_in_use") or 0))
+
+
+def default_memory_budget(device: Any = None) -> tuple[int | None, str, str | None]:
+    """(per-device budget or None, its source, a warning or None) for a plan without
+    --memory-budget: the free memory times SAFETY; on an accelerator that reports no
+    statistics, UNREPORTED_DEFAULT with a warning; on a CPU, None (one wave)."""
+    free = device_memory_budget(device)
+    if free is not None:
+        return int(free * SAFETY), f"free device memory x {SAFETY}", None
+    from ensemble_jax.training.backend import is_accelerator
+    if not is_accelerator():
+        return None, "none", None
+    return (UNREPORTED_DEFAULT, "default", (
+        f"the device reports no memory statistics (e.g. XLA_PYTHON_CLIENT_ALLOCATOR="
+        f"platform); planning for {_mib(UNREPORTED_DEFAULT)} per device; set "
+        f"--memory-budget to the device's free memory to use more of it"))
 
 
 def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
@@ -123,7 +149,8 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
 
 def plan_waves(n_members: int, *, n_devices: int = 1, members_per_wave: int | None = None,
                memory_budget: int | None = None, per_member_bytes: int | None = None,
-               fixed_bytes: int = 0, budget_source: str = "given") -> WavePlan:
+               fixed_bytes: int = 0, budget_source: str = "given",
+               warning: str | None = None) -> WavePlan:
     """Member ranges per wave. `members_per_wave` wins; else a per-device `memory_budget`
     with `per_member_bytes`; else one wave. Waves are a multiple of the device count
     where possible (no padding) and as even as possible."""
@@ -156,7 +183,8 @@ def plan_waves(n_members: int, *, n_devices: int = 1, members_per_wave: int | No
         waves.append((lo, min(n_members, lo + size)))
         lo += size
     return WavePlan(tuple(waves), n_members, n_devices, per_member_bytes, fixed_bytes,
-                    memory_budget, budget_source if memory_budget else "none")
+                    memory_budget, budget_source if memory_budget else "none",
+                    warning if memory_budget and members_per_wave is None else None)
 
 
 def merge_results(results: list[EnsembleResult]) -> EnsembleResult:
