@@ -98,6 +98,22 @@ def nested_layout(fractions: Sequence[float], n_seeds: int) -> tuple[np.ndarray,
     return np.repeat(np.arange(n_seeds), len(fr)), np.tile(fr, n_seeds)
 
 
+def banzhaf_subsets(n_frames: int, n_members: int, seed: int = 0) -> np.ndarray:
+    """Banzhaf plan (Wang & Jia 2023, maximum sample reuse): every frame is in every
+    member's subset independently with probability 1/2 (an empty draw is redrawn). bool
+    `[n_members, n_frames]`. The difference of means over members then estimates each
+    frame's Banzhaf value, with every member used for every frame."""
+    _check_n(n_frames)
+    if n_members < 1:
+        raise SubsetError(f"n_members must be >= 1, got {n_members}")
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n_members, n_frames)) < 0.5
+    for m in np.flatnonzero(~masks.any(1)):
+        while not masks[m].any():
+            masks[m] = rng.random(n_frames) < 0.5
+    return masks
+
+
 def bootstrap_subsets(n_frames: int, n_members: int, seed: int = 0, *,
                       fraction: float = 1.0) -> np.ndarray:
     """Bootstrap resamples: int32 counts `[n_members, n_frames]`, each row summing to
