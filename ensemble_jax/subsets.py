@@ -149,6 +149,32 @@ def leave_one_out_subsets(n_frames: int) -> np.ndarray:
     return ~np.eye(n_frames, dtype=bool)
 
 
+def validation_subsets(plan: str, n_frames: int, n_members: int, seed: int = 0, *,
+                       fractions: Sequence[float] = (), fraction: float = 0.5
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out members for checking attributions (LDS): `n_members` fresh subsets from the
+    same distribution as `plan`, from a seed stream the plan itself never uses. nested: new
+    seeds, the same fractions, cycled (member v has fractions[v % F]). Returns (masks
+    `[n_members, n_frames]` (bool, or int counts for bootstrap), fraction of each `[V]`)."""
+    if n_members < 1:
+        raise SubsetError(f"validation members must be >= 1, got {n_members}")
+    vseed = int(seed) + 1_000_003
+    if plan == "nested":
+        F = len(fractions)
+        m = nested_subsets(n_frames, fractions, -(-n_members // F), vseed)[:n_members]
+        return m, np.tile(np.asarray(fractions, np.float64), -(-n_members // F))[:n_members]
+    if plan == "random":
+        return (random_subsets(n_frames, n_members, fraction, vseed, allow_duplicates=True),
+                np.full(n_members, float(fraction)))
+    if plan == "banzhaf":
+        m = banzhaf_subsets(n_frames, n_members, vseed)
+        return m, m.mean(1)
+    if plan == "bootstrap":
+        return bootstrap_subsets(n_frames, n_members, vseed), np.ones(n_members)
+    raise SubsetError(f"validation members: plan {plan!r} has no distribution to draw fresh "
+                      f"subsets from (use nested, random, banzhaf or bootstrap)")
+
+
 def validate_masks(masks: np.ndarray, n_frames: int) -> np.ndarray:
     """Checks a user-supplied plan: `[M, n_frames]` bool or non-negative int counts, and no
     member with an empty subset. Returns int32 counts."""
