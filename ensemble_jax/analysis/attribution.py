@@ -109,7 +109,11 @@ def add_validation_members(masks: np.ndarray, layout: dict, cfg) -> tuple[np.nda
     M = masks.shape[0]
     out = np.concatenate([masks.astype(np.int32), vm.astype(np.int32)])
     layout = dict(layout)
-    layout["member_seed"] = list(layout["member_seed"]) + [f"validation {v}" for v in range(V)]
+    # Integer seeds after the plan's own (nested: one per round of fractions), so the
+    # learning curve draws them like the others; member_role says which are held out.
+    first = max([int(x) for x in layout["member_seed"]], default=-1) + 1
+    per = len(cfg.fractions) if cfg.plan == "nested" else 1
+    layout["member_seed"] = list(layout["member_seed"]) + [first + v // per for v in range(V)]
     layout["member_fraction"] = list(layout["member_fraction"]) + np.round(vf, 6).tolist()
     layout["member_role"] = ["estimation"] * M + ["validation"] * V
     return out, layout
