@@ -68,11 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--out holds a run of this tool: move it aside (renamed to "
                         "OUT.old-<time>) and start a new one; a folder of other files is "
                         "never touched")
-    s.add_argument("--plan", choices=["nested", "random", "bootstrap", "kfold", "loo"],
-                   default="nested")
+    s.add_argument("--plan", choices=["nested", "random", "bootstrap", "kfold", "loo",
+                                      "banzhaf"], default="nested")
     s.add_argument("--fractions", type=_floats, default=None, help="e.g. 0.1,0.3,0.5,0.7,0.9")
     s.add_argument("--seeds", type=int, default=None, help="nested plan: seeds per fraction")
-    s.add_argument("--members", type=int, default=None, help="random/bootstrap/kfold members")
+    s.add_argument("--members", type=int, default=None,
+                   help="random/bootstrap/banzhaf/kfold members")
+    s.add_argument("--validation-members", type=int, default=None, metavar="V",
+                   help="V extra members on fresh subsets of the same plan, held out from "
+                        "every estimator; `analyze` scores each estimator's LDS on them")
     s.add_argument("--fraction", type=float, default=None, help="random plan: subset fraction")
     s.add_argument("--allow-duplicates", action="store_true", default=None,
                    help="random plan: members may draw the same subset (needed when asking "
@@ -116,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="AUM, influence, MPE and spread of a run directory")
     a.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.add_argument("--estimator", default="auto",
+                   choices=["auto", "stratified", "difference_of_means", "banzhaf",
+                            "data_oob", "ridge", "lasso"],
+                   help="influence estimator (default auto: the one valid for the run's plan; "
+                        "one that is not valid for the plan is refused)")
 
     r = sub.add_parser("report", help="assemble RUN_DIR/report.html from the studies' sections")
     r.add_argument("run_dir", metavar="RUN_DIR", help="folder holding study sections")
@@ -139,7 +148,8 @@ def sweep_configs(args: argparse.Namespace):
         fractions=args.fractions, n_seeds=args.seeds, n_members=args.members,
         fraction=args.fraction, synthetic_frames=args.frames, noise_rate=args.noise_rate,
         test_fraction=args.test_fraction, seed=args.seed,
-        allow_duplicates=getattr(args, "allow_duplicates", None)))
+        allow_duplicates=getattr(args, "allow_duplicates", None),
+        validation_members=getattr(args, "validation_members", None)))
     model = dataclasses.replace(model, **pick(widths=args.widths))
     train = dataclasses.replace(train, **pick(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
@@ -186,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"wrote {Path(args.out).resolve()}")
         elif args.command == "analyze":
             from ensemble_jax.analysis.analyze import analyze, describe
-            result = analyze(args.run_dir, progress=not args.quiet, log=log)
+            result = analyze(args.run_dir, progress=not args.quiet, log=log,
+                             estimator=args.estimator)
             print(describe(result), flush=True)
             log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
         elif args.command == "report":

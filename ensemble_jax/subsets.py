@@ -98,6 +98,22 @@ def nested_layout(fractions: Sequence[float], n_seeds: int) -> tuple[np.ndarray,
     return np.repeat(np.arange(n_seeds), len(fr)), np.tile(fr, n_seeds)
 
 
+def banzhaf_subsets(n_frames: int, n_members: int, seed: int = 0) -> np.ndarray:
+    """Banzhaf plan (Wang & Jia 2023, maximum sample reuse): every frame is in every
+    member's subset independently with probability 1/2 (an empty draw is redrawn). bool
+    `[n_members, n_frames]`. The difference of means over members then estimates each
+    frame's Banzhaf value, with every member used for every frame."""
+    _check_n(n_frames)
+    if n_members < 1:
+        raise SubsetError(f"n_members must be >= 1, got {n_members}")
+    rng = np.random.default_rng(seed)
+    masks = rng.random((n_members, n_frames)) < 0.5
+    for m in np.flatnonzero(~masks.any(1)):
+        while not masks[m].any():
+            masks[m] = rng.random(n_frames) < 0.5
+    return masks
+
+
 def bootstrap_subsets(n_frames: int, n_members: int, seed: int = 0, *,
                       fraction: float = 1.0) -> np.ndarray:
     """Bootstrap resamples: int32 counts `[n_members, n_frames]`, each row summing to
@@ -131,6 +147,32 @@ def leave_one_out_subsets(n_frames: int) -> np.ndarray:
     if n_frames < 2:
         raise SubsetError("leave_one_out_subsets needs at least 2 frames")
     return ~np.eye(n_frames, dtype=bool)
+
+
+def validation_subsets(plan: str, n_frames: int, n_members: int, seed: int = 0, *,
+                       fractions: Sequence[float] = (), fraction: float = 0.5
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out members for checking attributions (LDS): `n_members` fresh subsets from the
+    same distribution as `plan`, from a seed stream the plan itself never uses. nested: new
+    seeds, the same fractions, cycled (member v has fractions[v % F]). Returns (masks
+    `[n_members, n_frames]` (bool, or int counts for bootstrap), fraction of each `[V]`)."""
+    if n_members < 1:
+        raise SubsetError(f"validation members must be >= 1, got {n_members}")
+    vseed = int(seed) + 1_000_003
+    if plan == "nested":
+        F = len(fractions)
+        m = nested_subsets(n_frames, fractions, -(-n_members // F), vseed)[:n_members]
+        return m, np.tile(np.asarray(fractions, np.float64), -(-n_members // F))[:n_members]
+    if plan == "random":
+        return (random_subsets(n_frames, n_members, fraction, vseed, allow_duplicates=True),
+                np.full(n_members, float(fraction)))
+    if plan == "banzhaf":
+        m = banzhaf_subsets(n_frames, n_members, vseed)
+        return m, m.mean(1)
+    if plan == "bootstrap":
+        return bootstrap_subsets(n_frames, n_members, vseed), np.ones(n_members)
+    raise SubsetError(f"validation members: plan {plan!r} has no distribution to draw fresh "
+                      f"subsets from (use nested, random, banzhaf or bootstrap)")
 
 
 def validate_masks(masks: np.ndarray, n_frames: int) -> np.ndarray:

@@ -35,7 +35,7 @@ from ensemble_jax.training import sharding, waves
 from ensemble_jax.training.trainer import EnsembleTrainer
 
 FORMAT_VERSION = 1
-PLANS = ("nested", "random", "bootstrap", "kfold", "loo")
+PLANS = ("nested", "random", "bootstrap", "kfold", "loo", "banzhaf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SweepConfig:
     pck_radius: float = 5.0
     threshold_fraction: float = 0.05  # AUM threshold samples (training frames); 0 = none
     allow_duplicates: bool = False    # random plan: members may share a subset
+    validation_members: int = 0       # extra held-out members for LDS (analysis/attribution)
 
     def __post_init__(self) -> None:
         def bad(name, why):
@@ -80,6 +81,12 @@ class SweepConfig:
             bad("n_seeds", "must be a positive integer")
         if int(self.n_members) != self.n_members or self.n_members < 1:
             bad("n_members", "must be a positive integer")
+        if int(self.validation_members) != self.validation_members or \
+                self.validation_members < 0:
+            bad("validation_members", "must be a non-negative integer")
+        if self.validation_members and self.plan in ("kfold", "loo"):
+            bad("validation_members", f"plan {self.plan!r} has no distribution to draw fresh "
+                "subsets from; use nested, random, banzhaf or bootstrap")
         if not 0.0 < self.test_fraction < 1.0:
             bad("test_fraction", "must be in (0, 1)")
         if not 0.0 <= self.noise_rate <= 1.0:
@@ -114,13 +121,20 @@ def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
     elif cfg.plan == "bootstrap":
         masks = plans.bootstrap_subsets(n_train, cfg.n_members, cfg.seed)
         seeds, fracs = np.arange(cfg.n_members), np.ones(cfg.n_members)
+    elif cfg.plan == "banzhaf":
+        masks = plans.banzhaf_subsets(n_train, cfg.n_members, cfg.seed)
+        seeds, fracs = np.arange(cfg.n_members), masks.mean(1)
     elif cfg.plan == "kfold":
         masks = plans.kfold_subsets(n_train, cfg.n_members, cfg.seed)
         seeds, fracs = np.arange(cfg.n_members), masks.mean(1)
     else:
         masks = plans.leave_one_out_subsets(n_train)
         seeds, fracs = np.arange(n_train), masks.mean(1)
-    return masks, {"member_seed": seeds.tolist(), "member_fraction": np.round(fracs, 6).tolist()}
+    layout = {"member_seed": seeds.tolist(), "member_fraction": np.round(fracs, 6).tolist()}
+    if cfg.validation_members:   # held out from every estimator (analysis/attribution.py)
+        from ensemble_jax.analysis.attribution import add_validation_members
+        masks, layout = add_validation_members(masks, layout, cfg)
+    return masks, layout
 
 
 def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,

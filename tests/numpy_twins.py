@@ -301,3 +301,155 @@ def scatter_in_order(target, idx, addends, order):
     for j in order:
         out[idx[j]] = (out[idx[j]] + addends[j]).astype(np.float32)
     return out
+# ----------------------------------------------------------------------------- attribution
+def stratified_influence(masks, values, strata=None, n_strata=1):
+    """Loops over (i, t, stratum) -> (effect, stderr, df) [n, T] (kernels/attribution.py)."""
+    masks = np.asarray(masks) > 0
+    values = np.asarray(values, np.float64)
+    M, n = masks.shape
+    T = values.shape[1]
+    strata = np.zeros(M, int) if strata is None else np.asarray(strata)
+    eff, se, dfo = (np.full((n, T), np.nan) for _ in range(3))
+    for t in range(T):
+        for i in range(n):
+            ds, ws, vs, dfs = [], [], [], []
+            for s in range(n_strata):
+                g = (strata == s) & ~np.isnan(values[:, t])
+                y = values[g, t]
+                a = masks[g, i]
+                N, c_in = len(y), int(a.sum())
+                c_out = N - c_in
+                if N < 3 or c_in == 0 or c_out == 0:
+                    continue
+                tau2 = y.var(ddof=1)
+                if not tau2 > 0:
+                    continue
+                yi, yo = y[a], y[~a]
+                ss = ((yi - yi.mean()) ** 2).sum() + ((yo - yo.mean()) ** 2).sum()
+                h = c_in * c_out / N
+                ds.append(yi.mean() - yo.mean())
+                ws.append(h / tau2)
+                vs.append(ss / (N - 2) / h)
+                dfs.append(N - 2)
+            if not ws:
+                continue
+            lam = np.array(ws) / sum(ws)
+            eff[i, t] = float(lam @ np.array(ds))
+            u = lam ** 2 * np.array(vs)
+            se[i, t] = math.sqrt(u.sum())
+            if u.sum() > 0:
+                dfo[i, t] = u.sum() ** 2 / (u ** 2 / np.array(dfs)).sum()
+    return eff, se, dfo
+
+
+def t_pvalues(effect, stderr, df):
+    from scipy import stats
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * stats.t.sf(np.abs(np.asarray(effect, np.float64) / stderr), df)
+
+
+def bh_qvalues(p):
+    p = np.asarray(p, np.float64)
+    flat = p.ravel()
+    ok = np.flatnonzero(~np.isnan(flat))
+    m = ok.size
+    q = np.full(flat.shape, np.nan)
+    for idx in ok:     # q_i = min over j with p_j >= p_i of p_j m / rank_j
+        best = 1.0
+        for jdx in ok:
+            if flat[jdx] >= flat[idx]:
+                rank = int((flat[ok] <= flat[jdx]).sum())
+                best = min(best, flat[jdx] * m / rank)
+        q[idx] = best
+    return q.reshape(p.shape)
+
+
+def data_oob(counts, values):
+    counts = np.asarray(counts)
+    values = np.asarray(values, np.float64)
+    n = counts.shape[1]
+    score, se = np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(n):
+        v = [values[m, i] for m in range(counts.shape[0])
+             if counts[m, i] <= 0 and not np.isnan(values[m, i])]
+        if v:
+            score[i] = np.mean(v)
+        if len(v) > 1:
+            se[i] = np.std(v, ddof=1) / math.sqrt(len(v))
+    return score, se, (counts <= 0).sum(0)
+
+
+def lds_per_test(pred, actual, strata=None, n_strata=1):
+    from scipy import stats
+    pred, actual = np.asarray(pred, np.float64), np.asarray(actual, np.float64)
+    V, T = pred.shape
+    strata = np.zeros(V, int) if strata is None else np.asarray(strata)
+    out = np.full(T, np.nan)
+    for t in range(T):
+        rs, ws = [], []
+        for s in range(n_strata):
+            g = (strata == s) & ~np.isnan(actual[:, t]) & ~np.isnan(pred[:, t])
+            if g.sum() < 3:
+                continue
+            a, b = pred[g, t], actual[g, t]
+            if np.ptp(a) == 0 or np.ptp(b) == 0:
+                continue
+            rs.append(stats.spearmanr(a, b).statistic)
+            ws.append(g.sum())
+        if ws:
+            out[t] = np.average(rs, weights=ws)
+    return out
+
+
+def fit_datamodel(masks, values, lam, kind="ridge", strata=None, n_strata=1, sweeps=5000):
+    """Per column: ridge as augmented least squares with one intercept per stratum; LASSO
+    by cyclic coordinate descent on stratum-centred data."""
+    X = (np.asarray(masks) > 0).astype(np.float64)
+    y_all = np.asarray(values, np.float64)
+    M, n = X.shape
+    T = y_all.shape[1]
+    strata = np.zeros(M, int) if strata is None else np.asarray(strata)
+    G = (strata[:, None] == np.arange(n_strata)[None]).astype(float)
+    W = np.zeros((n, T))
+    B = np.full((n_strata, T), np.nan)
+    for t in range(T):
+        y = y_all[:, t].copy()
+        for s in range(n_strata):
+            g = (strata == s)
+            ok = g & ~np.isnan(y)
+            y[g & np.isnan(y)] = y[ok].mean() if ok.any() else 0.0
+        if kind == "ridge":
+            A = np.zeros((M + n, n_strata + n))
+            A[:M, :n_strata] = G
+            A[:M, n_strata:] = X
+            A[M:, n_strata:] = math.sqrt(lam) * np.eye(n)
+            sol = np.linalg.lstsq(A, np.concatenate([y, np.zeros(n)]), rcond=None)[0]
+            w = sol[n_strata:]
+        else:
+            Xc, yc = X.copy(), y.copy()
+            for s in range(n_strata):
+                g = strata == s
+                if g.any():
+                    Xc[g] -= X[g].mean(0)
+                    yc[g] -= y[g].mean()
+            w = np.zeros(n)
+            r = yc.copy()
+            col = (Xc ** 2).sum(0)
+            for _ in range(sweeps):
+                delta = 0.0
+                for j in range(n):
+                    if col[j] == 0:
+                        continue
+                    rho = Xc[:, j] @ r + col[j] * w[j]
+                    new = np.sign(rho) * max(abs(rho) - lam, 0.0) / col[j]
+                    r -= Xc[:, j] * (new - w[j])
+                    delta = max(delta, abs(new - w[j]))
+                    w[j] = new
+                if delta < 1e-12:
+                    break
+        W[:, t] = w
+        for s in range(n_strata):
+            g = strata == s
+            if g.any() and not np.isnan(y_all[g, t]).all():
+                B[s, t] = y[g].mean() - X[g].mean(0) @ w
+    return W, B

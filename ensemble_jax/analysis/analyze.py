@@ -13,17 +13,22 @@ Reads only the run directory (`config.json`, `subsets.npy`, `data.npz`, `params.
                    mpe_mean, representativeness
   spread.csv       frame_id, split, one column per keypoint (ensemble spread of the alive
                    members' predictions, original-image pixels), spread_max, spread_mean
-  influence.npz    subset influence of every training frame on every test frame for three
-                   per-member metrics (pixel_error, gt_confidence, gt_probability):
-                   <metric>_effect / _stderr [n, T], <metric>_values [M_alive, T];
-                   self_<metric>_effect / _stderr [n], self_<metric>_values [M_alive, n];
-                   n_in, n_out [n]; datamodel_weights [n, T], datamodel_bias [T],
-                   datamodel_l2 (ridge datamodel of the test pixel error);
-                   train_frame_ids, test_frame_ids, members (alive member indices)
+  influence.npz    influence of every training frame on every test frame for three
+                   per-member metrics (pixel_error, gt_confidence, gt_probability), by the
+                   estimator valid for the run's plan (analysis/attribution.py):
+                   <metric>_effect / _stderr / _df / _p / _q [n, T], <metric>_values
+                   [M_est, T]; frame_<metric>_effect / _stderr / _p / _q [n] (on the
+                   member's mean test value); self_<metric>_effect / _stderr [n],
+                   self_<metric>_values [M_est, n]; n_in, n_out [n]; datamodel_weights
+                   [n, T], datamodel_bias ([T], or [fractions, T] on nested plans),
+                   datamodel_l2 (ridge, penalty by cross-validation), lasso_*; lds_*;
+                   train_frame_ids, test_frame_ids, members (alive estimation members),
+                   validation_members (held out for the LDS)
   analysis.json    the AUM cut and rule, counts flagged, ROC-AUC of AUM against planted
                    noise (threshold samples excluded), top influence pairs and frames, top
                    MPE frames, settings
-  influence_matrix.png, aum_histogram.png, top_mpe_frames.png, top_flagged_frames.png
+  influence_matrix.png, lds.png (with validation members), aum_histogram.png,
+  top_mpe_frames.png, top_flagged_frames.png
 
 Per-member metrics come from one forward pass of each alive member over every frame:
   pixel_error     mean over the frame's labeled keypoints of the Euclidean distance between
@@ -262,7 +267,7 @@ def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list
 # ---------------------------------------------------------------------- analyze
 def analyze(run_dir: str | Path, *, progress: bool = True,
             log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
-            figures_enabled: bool = True) -> dict:
+            figures_enabled: bool = True, estimator: str | None = None) -> dict:
     """Analyses a run directory (see the module docstring); returns analysis.json's dict.
 
     Holds the run directory's lock (`runlock`) while it runs; every output is written
@@ -279,16 +284,22 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
     from ensemble_jax import rundir
+    from ensemble_jax.analysis.attribution import check_estimator, plan_of
+    try:   # refuse an estimator that is not valid for the plan before any work
+        check_estimator(plan_of(json.loads((run / "config.json").read_text())), estimator)
+    except ValueError as e:
+        raise ValueError(f"{run}: {e}") from None
     with runlock.locked(run, "analyze", warn=log):
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
         eio.remove_temporaries(run)
         return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
-                               top=top, figures_enabled=figures_enabled)
+                               top=top, figures_enabled=figures_enabled, estimator=estimator)
 
 
 def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
-                    batch_size: int, top: int, figures_enabled: bool) -> dict:
+                    batch_size: int, top: int, figures_enabled: bool,
+                    estimator: str | None = None) -> dict:
     from ensemble_jax.sweep import load_split, load_threshold_mask
     t0 = time.perf_counter()
     train, test = load_split(run)
@@ -391,50 +402,17 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
                 "gt_confidence": _frame_mean(out["gt_confidence"]),
                 "gt_probability": _frame_mean(out["gt_probability"])}
     v_tr, v_te = per_frame(out_tr, train), per_frame(out_te, test)
-    m_alive = masks[members] > 0
-    arrays: dict[str, Any] = {
-        "train_frame_ids": np.array(train.frame_ids), "test_frame_ids": np.array(test.frame_ids),
-        "members": members.astype(np.int32), "metrics": np.array(METRICS)}
-    for name in METRICS:
-        inf = kernels.subset_influence(m_alive, v_te[name])
-        self_inf = kernels.self_influence(m_alive, v_tr[name])
-        arrays.update({f"{name}_effect": np.asarray(inf.effect),
-                       f"{name}_stderr": np.asarray(inf.stderr),
-                       f"{name}_values": v_te[name],
-                       f"self_{name}_effect": np.asarray(self_inf.effect),
-                       f"self_{name}_stderr": np.asarray(self_inf.stderr),
-                       f"self_{name}_values": v_tr[name]})
-        arrays["n_in"], arrays["n_out"] = np.asarray(inf.n_in), np.asarray(inf.n_out)
-    w, b = kernels.ridge_datamodel(m_alive, v_te["pixel_error"], l2=DATAMODEL_L2)
-    arrays.update(datamodel_weights=np.asarray(w), datamodel_bias=np.asarray(b),
-                  datamodel_l2=np.float32(DATAMODEL_L2))
-    eio.save_npz(run / "influence.npz", **arrays)
-    eff = arrays["pixel_error_effect"]
-    se = arrays["pixel_error_stderr"]
+    # The estimator valid for the plan, p/q-values, LDS on validation members
+    # (analysis/attribution.py); validation members are left out of every estimate.
+    from ensemble_jax.analysis import attribution
     ids_tr, ids_te = list(train.frame_ids), list(test.frame_ids)
-    frame_effect = _frame_mean(eff)                          # mean over test frames [n]
-    self_err = arrays["self_pixel_error_effect"]
-    influence_info = {
-        "metric": "pixel_error", "units": METRIC_UNITS["pixel_error"],
-        "definition": "effect[i, t] = mean test error of frame t over members whose subset "
-                      "holds training frame i minus the mean over members without it "
-                      "(> 0: frame i hurts frame t)",
-        "n_members": int(members.size), "datamodel_l2": DATAMODEL_L2,
-        "top_harmful_pairs": _top_pairs(eff, se, ids_tr, ids_te, top, largest=True),
-        "top_helpful_pairs": _top_pairs(eff, se, ids_tr, ids_te, top, largest=False),
-        "top_harmful_train_frames": [
-            r for r in _top_frames(frame_effect, ids_tr, top, largest=True)
-            if r["score"] is not None and r["score"] > 0],
-        "top_helpful_train_frames": [
-            r for r in _top_frames(frame_effect, ids_tr, top, largest=False)
-            if r["score"] is not None and r["score"] < 0],
-        "top_memorized_train_frames": [
-            r for r in _top_frames(self_err, ids_tr, top, largest=False)
-            if r["score"] is not None and r["score"] < 0],
-        "train_frame_score": "mean effect over test frames (px)",
-        "memorization_score": "self-influence on the frame's own pixel error (px; more "
-                              "negative = the frame is fitted only when trained on)",
-    }
+    config = json.loads((run / "config.json").read_text())
+    arrays, influence_info = attribution.attribution_section(
+        config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
+        noise=None if noise is None else noise.any(1), top=top, log=log,
+        figure_path=(run / "lds.png") if figures_enabled else None)
+    eio.save_npz(run / "influence.npz", **arrays)
+    eff = arrays.get("pixel_error_effect")
 
     # ---------------- MPE, spread, representativeness
     mpe = np.concatenate([out_tr["mpe"], out_te["mpe"]], axis=1)            # [Ma, F, K]
@@ -484,8 +462,9 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     # ---------------- figures
     written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz"]
     if figures_enabled:
-        figures.influence_matrix(run / "influence_matrix.png", eff,
-                                 units="px", metric="mean pixel error")
+        if eff is not None:
+            figures.influence_matrix(run / "influence_matrix.png", eff,
+                                     units="px", metric="mean pixel error")
         figures.aum_histogram(run / "aum_histogram.png", np.where(labeled, rep.aum, np.nan),
                               rep.cut, rep.rule, threshold_mask=thr_mask if thr is not None
                               else None, noise_mask=noise)
@@ -523,7 +502,7 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
                        if any_flag else "Training frames with the lowest-AUM labels "
                        "(none below the cut)"),
                 highlight=hl, highlight_name=f"flagged (AUM < {rep.cut:.2f})")
-        written += [p for p in ("influence_matrix.png", "aum_histogram.png",
+        written += [p for p in ("influence_matrix.png", "lds.png", "aum_histogram.png",
                                 "top_mpe_frames.png", "top_flagged_frames.png")
                     if (run / p).exists()]
 
@@ -552,17 +531,8 @@ def describe(analysis: dict, n: int = 3) -> str:
     for r in a["top_flagged"][:n]:
         if r["flagged"]:
             lines.append(f"  flagged: {r['frame']} {r['keypoint']} (AUM {r['aum']:.2f})")
-    inf = analysis["influence"]
-    for key, word in (("top_harmful_train_frames", "harmful"),
-                      ("top_helpful_train_frames", "helpful")):
-        rows = inf[key][:n]
-        if rows:
-            lines.append(f"most {word} training frames (mean change in test error): " +
-                         ", ".join(f"{r['frame']} ({r['score']:+.2f} px)" for r in rows))
-        else:
-            lines.append(f"most {word} training frames: none (no training frame with a "
-                         f"defined effect {'raised' if word == 'harmful' else 'lowered'} the "
-                         f"mean test error; {inf['n_members']} members)")
+    from ensemble_jax.analysis.attribution import describe as describe_influence
+    lines += describe_influence(analysis["influence"], n)
     top_mpe = analysis["mpe"]["top_frames"][:n]
     if top_mpe:
         lines.append("highest multi-peak entropy: " + ", ".join(
