@@ -28,7 +28,8 @@ from ensemble_jax import io as eio
 from ensemble_jax import runlock
 from ensemble_jax import subsets as plans
 from ensemble_jax.analysis import metrics, plots
-from ensemble_jax.analysis.threshold import inject_threshold_samples
+from ensemble_jax.analysis.threshold import make_threshold_samples
+from ensemble_jax.data.auto_size import resolve_auto
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.training.config import TrainConfig
@@ -57,6 +58,14 @@ class SweepConfig:
     pck_radius: float = 5.0
     threshold_fraction: float = 0.05  # AUM threshold samples (training frames); 0 = none
     allow_duplicates: bool = False    # random plan: members may share a subset
+    # Chosen from the data when "auto" (the command line's default; data/auto_size.py);
+    # None keeps the ModelConfig / TrainConfig value; a number overrides it.
+    output_stride: int | str | None = None
+    aum_radius: float | str | None = None
+    # AUM threshold samples: "far" (one label moved far away) or "realistic" (swapped
+    # pairs, a label put on another keypoint, a displacement inside the image content;
+    # analysis/threshold.py). The command line uses "realistic".
+    threshold_kinds: str = "far"
 
     def __post_init__(self) -> None:
         def bad(name, why):
@@ -86,22 +95,37 @@ class SweepConfig:
             bad("test_fraction", "must be in (0, 1)")
         if not 0.0 <= self.noise_rate <= 1.0:
             bad("noise_rate", "must be in [0, 1]")
-        if self.image_size is not None and (int(self.image_size) != self.image_size
-                                            or self.image_size < 1):
-            bad("image_size", "must be a positive integer (pixels) or None")
+        if self.image_size not in (None, "auto") and (
+                isinstance(self.image_size, str) or int(self.image_size) != self.image_size
+                or self.image_size < 1):
+            bad("image_size", "must be a positive integer (pixels), 'auto' or None")
+        if self.output_stride not in (None, "auto") and (
+                isinstance(self.output_stride, str) or self.output_stride < 1
+                or int(self.output_stride) & (int(self.output_stride) - 1)):
+            bad("output_stride", "must be a power of two, 'auto' or None")
+        if self.aum_radius not in (None, "auto") and (
+                isinstance(self.aum_radius, str) or not self.aum_radius >= 0):
+            bad("aum_radius", "must be >= 0 (heatmap pixels), 'auto' or None")
+        if self.threshold_kinds not in ("far", "realistic"):
+            bad("threshold_kinds", "must be 'far' or 'realistic'")
         if self.data is None and self.synthetic_frames < 4:
             bad("synthetic_frames", "must be >= 4 (train and test frames)")
         if not self.pck_radius > 0:
             bad("pck_radius", "must be > 0 (pixels)")
 
 
-def load_data(cfg: SweepConfig) -> KeypointDataset:
+def load_data(cfg: SweepConfig, multiple: int = 8) -> KeypointDataset:
+    """The frames of `cfg`; image_size "auto" picks a size that divides by `multiple`."""
+    size = cfg.image_size
     if cfg.data is None:
         from ensemble_jax.data.synthetic import synthetic_dataset
-        return synthetic_dataset(cfg.synthetic_frames, image_size=cfg.image_size or 64,
+        return synthetic_dataset(cfg.synthetic_frames,
+                                 image_size=64 if size in (None, "auto") else size,
                                  noise_rate=cfg.noise_rate, seed=cfg.seed)
+    from ensemble_jax.data.auto_size import AutoImageSize
     from ensemble_jax.data.load import load_dataset
-    return load_dataset(cfg.data, format=cfg.format, image_size=cfg.image_size)
+    return load_dataset(cfg.data, format=cfg.format,
+                        image_size=AutoImageSize(multiple) if size == "auto" else size)
 
 
 def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
@@ -173,18 +197,21 @@ def _run_sweep_locked(out: Path, cfg: SweepConfig, model_cfg: ModelConfig,
                       lr_scale: Sequence[float] | None, scale: dict | None = None) -> dict:
     primary = sharding.is_primary()
     t0 = time.perf_counter()
-    data = dataset if dataset is not None else load_data(cfg)
+    data = dataset if dataset is not None else load_data(cfg, model_cfg.input_multiple)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
-    # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
-    kp, threshold_mask = inject_threshold_samples(
-        train.keypoints, train.images.shape[1:3], cfg.threshold_fraction, cfg.seed)
-    train = dataclasses.replace(train, keypoints=kp)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
+    model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train, log)
+    # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
+    kp, threshold_mask = make_threshold_samples(cfg, train)
+    train = dataclasses.replace(train, keypoints=kp)
     masks, layout = make_plan(cfg, train.n_frames)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "members": int(masks.shape[0]), "layout": layout}
+    if auto:
+        config["auto"] = auto
     if lr_scale is not None:
         lr_scale = np.asarray(lr_scale, np.float32)
         if lr_scale.shape != (masks.shape[0],):
@@ -337,6 +364,8 @@ def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset,
     arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
     if threshold_mask is not None:
         arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
+        if np.asarray(threshold_mask).dtype != bool:   # kinds (analysis/threshold.KINDS)
+            arrays["train_threshold_kind"] = np.asarray(threshold_mask, np.int8)
     for name, d in (("train", train), ("test", test)):
         arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
                        f"{name}_frame_ids": np.array(d.frame_ids),
