@@ -154,12 +154,14 @@ def _score(run: Path, planted_ids: set[str]) -> dict:
 
 
 def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Path,
-             keep: bool) -> dict:
+             keep: bool, strategy: str | None = None) -> dict:
     log = work / f"{case}-{seed}.log"
     run = work / f"{case}-{seed}-run"
     common = ["--plan", "random", "--members", "4", "--steps", str(steps), "--quiet"]
     if image_size:
         common += ["--image-size", str(image_size)]
+    if strategy:
+        common += ["--strategy", strategy]
     t0 = time.perf_counter()
     if case == "synthetic":
         from ensemble_jax.data.synthetic import synthetic_frame
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--image-size", type=int, default=None,
                    help="passed to the sweep (default: none, the sweep chooses)")
+    p.add_argument("--strategy", default=None,
+                   help="passed to the sweep (speed only: every strategy trains the same "
+                        "function; default: the sweep's auto, which times them first)")
     p.add_argument("--quick", action="store_true", help="synthetic, 1 seed, 40 steps")
     p.add_argument("--work", default=None, help="keep the run directories here")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/out/label_check_"
@@ -232,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'rho spread':>10} "
           f"{'test px':>8} {'wall s':>7}", flush=True)
     for seed in seeds:
-        r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work))
+        r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work),
+                     strategy=args.strategy)
         rows.append(r)
         sp = r["spearman"]
         print(f"{seed:>4} {r['image_size']:>5} {r['output_stride']:>6} {r['aum_radius']:>6} "

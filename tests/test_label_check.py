@@ -211,6 +211,9 @@ def test_spearman():
 
 
 # ----------------------------------------------------------------- a run end to end
+# Marked slow: a sweep and an analyze through the command line (compiles dominate; ~7 min
+# on the shared 2-core machine under load). The report's embedding is also checked in the
+# default suite, on test_analyze.py's run (tests/test_analyze.py::test_report_of_a_run).
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("labelcheck") / "run"
@@ -223,6 +226,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_cli_defaults_recorded_and_suspects_written(run_dir, capsys):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["auto"]["output_stride"]["value"] == config["model"]["output_stride"] == 4
@@ -252,6 +256,7 @@ def test_cli_defaults_recorded_and_suspects_written(run_dir, capsys):
     assert mpe.mpe_mean.nunique() > 0.9 * len(mpe)          # softmax MPE: not degenerate
 
 
+@pytest.mark.slow
 def test_report_of_a_run_embeds_every_figure(run_dir):
     assert cli.main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
