@@ -61,7 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
                    "CSV, COCO JSON or TFDS name (default: embedded synthetic scenes)")
     s.add_argument("--format", choices=["dlc", "lightning-pose", "coco", "tfds"], default=None)
     s.add_argument("--image-size", type=int, default=None,
-                   help="training resolution (letterboxed square); must divide by 2**stages")
+                   help="training resolution (letterboxed square); must divide by 2**stages "
+                        "(default with --data: the longest frame side, at most 256, rounded "
+                        "up to a multiple of 2**stages; printed)")
+    s.add_argument("--output-stride", type=int, default=None,
+                   help="heatmap resolution = image / stride, a power of two (default: "
+                        "chosen from the closest labeled keypoints; printed)")
+    s.add_argument("--aum-radius", type=float, default=None,
+                   help="AUM margin competitor radius, heatmap pixels (default: chosen from "
+                        "the closest labeled keypoints; printed)")
+    s.add_argument("--threshold-kinds", choices=["realistic", "far"], default="realistic",
+                   help="AUM threshold samples: swapped pairs, labels on another keypoint "
+                        "and displacements inside the image (realistic), or labels moved far "
+                        "away (far)")
+    s.add_argument("--threshold-fraction", type=float, default=None,
+                   help="share of training frames given one threshold sample (default 0.1 "
+                        "with realistic kinds, 0.05 with far)")
     s.add_argument("--smoke", action="store_true", help="a tiny run (seconds) to check a setup")
     s.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     s.add_argument("--overwrite", action="store_true",
@@ -125,9 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "data_oob", "ridge", "lasso"],
                    help="influence estimator (default auto: the one valid for the run's plan; "
                         "one that is not valid for the plan is refused)")
+    a.add_argument("--mpe", choices=["softmax", "sum"], default="softmax",
+                   help="multi-peak entropy: softmax over the peaks' logits (Liu & Ferrari, "
+                        "default) or the older sum-normalised sigmoid peaks")
 
-    r = sub.add_parser("report", help="assemble RUN_DIR/report.html from the studies' sections")
-    r.add_argument("run_dir", metavar="RUN_DIR", help="folder holding study sections")
+    r = sub.add_parser("report", help="write RUN_DIR/report.html: of a sweep + analyze run "
+                       "directory, or assembled from the studies' sections")
+    r.add_argument("run_dir", metavar="RUN_DIR",
+                   help="run directory (sweep + analyze) or folder holding study sections")
     r.add_argument("--title", default=None)
     return p
 
@@ -150,6 +170,14 @@ def sweep_configs(args: argparse.Namespace):
         test_fraction=args.test_fraction, seed=args.seed,
         allow_duplicates=getattr(args, "allow_duplicates", None),
         validation_members=getattr(args, "validation_members", None)))
+    # Data-driven defaults (data/auto_size.py), recorded in config.json under "auto".
+    sweep = dataclasses.replace(
+        sweep, image_size=sweep.image_size or ("auto" if sweep.data is not None else None),
+        output_stride=args.output_stride or "auto",
+        aum_radius=args.aum_radius if args.aum_radius is not None else "auto",
+        threshold_kinds=args.threshold_kinds,
+        threshold_fraction=args.threshold_fraction if args.threshold_fraction is not None
+        else (0.1 if args.threshold_kinds == "realistic" else sweep.threshold_fraction))
     model = dataclasses.replace(model, **pick(widths=args.widths))
     train = dataclasses.replace(train, **pick(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
@@ -197,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "analyze":
             from ensemble_jax.analysis.analyze import analyze, describe
             result = analyze(args.run_dir, progress=not args.quiet, log=log,
-                             estimator=args.estimator)
+                             estimator=args.estimator, mpe=args.mpe)
             print(describe(result), flush=True)
             log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
         elif args.command == "report":

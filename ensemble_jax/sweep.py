@@ -26,7 +26,8 @@ from ensemble_jax import io as eio
 from ensemble_jax import rundir, runlock
 from ensemble_jax import subsets as plans
 from ensemble_jax.analysis import metrics, plots
-from ensemble_jax.analysis.threshold import inject_threshold_samples
+from ensemble_jax.analysis.threshold import make_threshold_samples
+from ensemble_jax.data.auto_size import resolve_auto
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.training.config import TrainConfig
@@ -56,6 +57,14 @@ class SweepConfig:
     threshold_fraction: float = 0.05  # AUM threshold samples (training frames); 0 = none
     allow_duplicates: bool = False    # random plan: members may share a subset
     validation_members: int = 0       # extra held-out members for LDS (analysis/attribution)
+    # Chosen from the data when "auto" (the command line's default; data/auto_size.py);
+    # None keeps the ModelConfig / TrainConfig value; a number overrides it.
+    output_stride: int | str | None = None
+    aum_radius: float | str | None = None
+    # AUM threshold samples: "far" (one label moved far away) or "realistic" (swapped
+    # pairs, a label put on another keypoint, a displacement inside the image content;
+    # analysis/threshold.py). The command line uses "realistic".
+    threshold_kinds: str = "far"
 
     def __post_init__(self) -> None:
         def bad(name, why):
@@ -91,22 +100,37 @@ class SweepConfig:
             bad("test_fraction", "must be in (0, 1)")
         if not 0.0 <= self.noise_rate <= 1.0:
             bad("noise_rate", "must be in [0, 1]")
-        if self.image_size is not None and (int(self.image_size) != self.image_size
-                                            or self.image_size < 1):
-            bad("image_size", "must be a positive integer (pixels) or None")
+        if self.image_size not in (None, "auto") and (
+                isinstance(self.image_size, str) or int(self.image_size) != self.image_size
+                or self.image_size < 1):
+            bad("image_size", "must be a positive integer (pixels), 'auto' or None")
+        if self.output_stride not in (None, "auto") and (
+                isinstance(self.output_stride, str) or self.output_stride < 1
+                or int(self.output_stride) & (int(self.output_stride) - 1)):
+            bad("output_stride", "must be a power of two, 'auto' or None")
+        if self.aum_radius not in (None, "auto") and (
+                isinstance(self.aum_radius, str) or not self.aum_radius >= 0):
+            bad("aum_radius", "must be >= 0 (heatmap pixels), 'auto' or None")
+        if self.threshold_kinds not in ("far", "realistic"):
+            bad("threshold_kinds", "must be 'far' or 'realistic'")
         if self.data is None and self.synthetic_frames < 4:
             bad("synthetic_frames", "must be >= 4 (train and test frames)")
         if not self.pck_radius > 0:
             bad("pck_radius", "must be > 0 (pixels)")
 
 
-def load_data(cfg: SweepConfig) -> KeypointDataset:
+def load_data(cfg: SweepConfig, multiple: int = 8) -> KeypointDataset:
+    """The frames of `cfg`; image_size "auto" picks a size that divides by `multiple`."""
+    size = cfg.image_size
     if cfg.data is None:
         from ensemble_jax.data.synthetic import synthetic_dataset
-        return synthetic_dataset(cfg.synthetic_frames, image_size=cfg.image_size or 64,
+        return synthetic_dataset(cfg.synthetic_frames,
+                                 image_size=64 if size in (None, "auto") else size,
                                  noise_rate=cfg.noise_rate, seed=cfg.seed)
+    from ensemble_jax.data.auto_size import AutoImageSize
     from ensemble_jax.data.load import load_dataset
-    return load_dataset(cfg.data, format=cfg.format, image_size=cfg.image_size)
+    return load_dataset(cfg.data, format=cfg.format,
+                        image_size=AutoImageSize(multiple) if size == "auto" else size)
 
 
 def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
@@ -180,7 +204,7 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
                    scale=scale, log=log)
     if not primary:   # process 0 checks and writes; the others wait for it
         sharding.barrier("ensemble_jax.sweep.setup")
-        return _train_and_write(out, prep, model_cfg, train_cfg, resume=resume,
+        return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
                                 progress=progress, log=log)
     if overwrite and rundir.state(out) == "ours":
         rundir.move_aside(out, log=log)
@@ -188,7 +212,7 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
     with runlock.locked(out, "sweep", warn=log):
         rd = _open_for_sweep(out, prep, resume=resume, overwrite=overwrite, log=log)
         sharding.barrier("ensemble_jax.sweep.setup")
-        return _train_and_write(out, prep, model_cfg, train_cfg, resume=resume,
+        return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
                                 progress=progress, log=log, rd=rd)
 
 
@@ -208,6 +232,8 @@ class Prepared:
     warnings: list
     unlabeled_members: list
     t0: float
+    model_cfg: ModelConfig        # with the settings chosen from the data (data/auto_size.py)
+    train_cfg: TrainConfig
 
 
 def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> None:
@@ -239,16 +265,17 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     scale = dict(scale or {})
     guards.check_scale_arguments(**scale)
     guards.check_train_config(train_cfg)
-    data = dataset if dataset is not None else load_data(cfg)
+    data = dataset if dataset is not None else load_data(cfg, model_cfg.input_multiple)
     guards.check_labels(data)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
     guards.check_test_labels(test, cfg.test_fraction)
-    # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
-    kp, threshold_mask = inject_threshold_samples(
-        train.keypoints, train.images.shape[1:3], cfg.threshold_fraction, cfg.seed)
-    train = dataclasses.replace(train, keypoints=kp)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
+    model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train, log)
+    # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
+    kp, threshold_mask = make_threshold_samples(cfg, train)
+    train = dataclasses.replace(train, keypoints=kp)
     guards.check_image_size(model_cfg, train)
     n_members = guards.planned_members(cfg, train.n_frames)
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
@@ -257,6 +284,8 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "members": int(masks.shape[0]), "layout": layout}
+    if auto:
+        config["auto"] = auto
     if lr_scale is not None:
         lr_scale = np.asarray(lr_scale, np.float32)
         if lr_scale.shape != (masks.shape[0],):
@@ -268,7 +297,8 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     return Prepared(train=train, test=test, threshold_mask=threshold_mask, masks=masks,
                     layout=layout, config=config,
                     fingerprint=rundir.data_fingerprint(train, test), mesh=mesh, plan=plan,
-                    lr_scale=lr_scale, warnings=warnings, unlabeled_members=unlabeled, t0=t0)
+                    lr_scale=lr_scale, warnings=warnings, unlabeled_members=unlabeled, t0=t0,
+                    model_cfg=model_cfg, train_cfg=train_cfg)
 
 
 def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
@@ -472,6 +502,8 @@ def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset,
     arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
     if threshold_mask is not None:
         arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
+        if np.asarray(threshold_mask).dtype != bool:   # kinds (analysis/threshold.KINDS)
+            arrays["train_threshold_kind"] = np.asarray(threshold_mask, np.int8)
     for name, d in (("train", train), ("test", test)):
         arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
                        f"{name}_frame_ids": np.array(d.frame_ids),

@@ -33,7 +33,8 @@ def find_peaks(heatmaps, window=3, threshold=0.0):
     return out
 
 
-def multi_peak_entropy(heatmaps, window=3, threshold=0.0, normalize="softmax"):
+def multi_peak_entropy(heatmaps, window=3, threshold=0.0, normalize="softmax",
+                       temperature=1.0):
     hm = np.asarray(heatmaps, np.float64)
     *lead, H, W = hm.shape
     peaks = find_peaks(hm, window, threshold)
@@ -48,7 +49,7 @@ def multi_peak_entropy(heatmaps, window=3, threshold=0.0, normalize="softmax"):
             continue
         if normalize == "softmax":
             top = max(v)
-            e = [math.exp(a - top) for a in v]
+            e = [math.exp((a - top) / temperature) for a in v]
             p = [a / sum(e) for a in e]
         else:
             p = [a / sum(v) for a in v]

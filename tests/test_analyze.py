@@ -160,7 +160,9 @@ def test_analyze_outputs(run_dir):
 
     js = json.loads((run_dir / "analysis.json").read_text())
     assert js["aum"]["n_threshold_samples"] == thr.sum()
-    assert 0.0 <= js["aum"]["roc_auc_vs_planted_noise"] <= 1.0
+    real = aum[(aum.threshold_sample == 0) & aum.aum.notna()]
+    assert js["aum"]["roc_auc_vs_planted_noise"] == pytest.approx(aum_lib.roc_auc(
+        -real.aum.to_numpy(), real.planted_noise.to_numpy().astype(bool)))
     assert len(js["aum"]["members"]) == 3 and len(js["mpe"]["top_frames"]) > 0
     inf = js["influence"]
     # random plan: the plain difference of means is valid; 3 members resolve nothing
@@ -175,6 +177,24 @@ def test_analyze_outputs(run_dir):
         assert png in js["files"]
     assert not list(run_dir.glob(".*.tmp"))                 # atomic writes left no debris
     assert any(s.startswith("AUM: cut") for s in logs)
+
+
+def test_report_of_a_run(run_dir):
+    """`ensemble-jax report RUN_DIR` on a sweep + analyze folder: every figure embedded."""
+    import base64
+    import re
+    if not (run_dir / "analysis.json").exists():
+        analyze(run_dir, progress=False, log=lambda m: None)
+    assert cli.main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    imgs = re.findall(r'<img[^>]*src="([^"]*)"', page)
+    assert len(imgs) >= 5          # loss curve, suspects, AUM by kind, uncertainty, influence
+    for src in imgs:
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    for heading in ("Suspect frames", "AUM", "Uncertainty against error", "Influence"):
+        assert heading in page
 
 
 def test_load_result_matches_sweep_predictions(run_dir):

@@ -70,6 +70,33 @@ def test_multi_peak_entropy_matches_twin(seed, shape, window, normalize, thresho
     close(got, tw.multi_peak_entropy(x, window, threshold, normalize), rtol=1e-5, atol=1e-5)
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**31), shape=st.sampled_from(MAP_SHAPES),
+       temperature=st.sampled_from([0.25, 1.0, 3.0]),
+       threshold=st.sampled_from([-np.inf, 0.0]), nans=st.booleans())
+def test_mpe_temperature_matches_twin(seed, shape, temperature, threshold, nans):
+    x = _heatmaps(_rng(seed), shape, "normal", nans)
+    got = K.multi_peak_entropy(jnp.asarray(x), threshold=threshold, temperature=temperature)
+    close(got, tw.multi_peak_entropy(x, 3, threshold, "softmax", temperature),
+          rtol=1e-5, atol=1e-5)
+
+
+def test_mpe_temperature_known_values():
+    two = np.full((1, 9, 9), -10.0, np.float32)
+    two[0, 2, 2], two[0, 6, 6] = 3.0, 1.0      # two peaks above the threshold, 3 and 1
+    for t in (0.5, 1.0, 2.0):
+        got = np.asarray(K.multi_peak_entropy(jnp.asarray(two), threshold=-5.0, temperature=t))
+        p = np.exp(np.array([3.0, 1.0]) / t)
+        p /= p.sum()
+        close(got, [-(p * np.log(p)).sum()], rtol=1e-4)
+    # Higher temperature -> closer to uniform over the two peaks -> larger entropy.
+    h = [float(K.multi_peak_entropy(jnp.asarray(two), threshold=-5.0, temperature=t)[0])
+         for t in (0.5, 1.0, 2.0, 100.0)]
+    assert h == sorted(h) and abs(h[-1] - np.log(2)) < 1e-3
+    with pytest.raises(ValueError):
+        K.multi_peak_entropy(jnp.asarray(two), temperature=0.0)
+
+
 def test_mpe_fewer_than_two_peaks_and_known_values():
     one = np.zeros((7, 7), np.float32)
     one[3, 3] = 2.0                                             # exactly one peak

@@ -35,8 +35,12 @@ Per-member metrics come from one forward pass of each alive member over every fr
                   the decoded prediction and the label, original-image pixels (lower = better)
   gt_confidence   mean over keypoints of sigmoid(logit at the label pixel)   (`kernels`)
   gt_probability  mean over keypoints of the softmax over the whole map at the label pixel
-  MPE             `multi_peak_entropy` of sigmoid(logits) (the scoremap), peaks above
-                  `MPE_THRESHOLD`, p_j = v_j / sum v (normalize="sum")
+  MPE             `multi_peak_entropy` (Liu & Ferrari 2017) of the logits: every local
+                  maximum (3x3) of the map is a peak, p_j = softmax(v_j / MPE_TEMPERATURE)
+                  over the peaks' logits, MPE = -sum p_j log p_j (nats); never exactly 0
+                  unless a map has a single local maximum. analyze(mpe="sum") keeps the
+                  older form: sigmoid(logits), peaks above 0.1, p_j = v_j / sum v.
+                  Frames are ranked by MPE, ties broken by the lower mean peak value.
   features        global-average-pooled ReLU output of the deepest encoder convolution
                   (for `representativeness`: mean cosine similarity of a frame's centred
                   features to the test frames, excluding itself, averaged over members)
@@ -64,14 +68,17 @@ from ensemble_jax.analysis import figures, metrics
 from ensemble_jax.models.decode import decode_heatmaps
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.training.config import TrainConfig
-from ensemble_jax.training.result import EnsembleResult
+from ensemble_jax.training.result import EnsembleResult, consensus
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
 METRIC_UNITS = {"pixel_error": "px (original image)", "gt_confidence": "probability",
                 "gt_probability": "probability"}
 MPE_WINDOW = 3
-MPE_THRESHOLD = 0.1
-MPE_NORMALIZE = "sum"
+MPE_TEMPERATURE = 1.0     # logits; softmax over the peaks' logits as they are
+# mode -> (on, threshold, normalize)
+MPE_MODES = {"softmax": ("logits", -np.inf, "softmax"), "sum": ("sigmoid", 0.1, "sum")}
+MPE_THRESHOLD = 0.1       # the "sum" form's peak threshold (sigmoid scale)
+MPE_NORMALIZE = "softmax"
 DATAMODEL_L2 = 1.0
 TOP = 10
 
@@ -144,10 +151,11 @@ def _feature_layer(mc: ModelConfig) -> str:
 _PASSES: dict = {}
 
 
-def _member_pass_fn(mc: ModelConfig, k: int):
+def _member_pass_fn(mc: ModelConfig, k: int, mpe: str = MPE_NORMALIZE):
     """Jitted (params, images [B,H,W,C], labels [B,K,2]) -> per-frame outputs of one member;
     heatmaps never leave the function (memory stays O(frames), not O(frames * pixels))."""
-    key = (mc, k)
+    key = (mc, k, mpe)
+    mpe_on, mpe_thr, mpe_norm = MPE_MODES[mpe]
     if key in _PASSES:
         return _PASSES[key]
     model = HeatmapNet(mc, k)
@@ -165,9 +173,9 @@ def _member_pass_fn(mc: ModelConfig, k: int):
             "keypoints": kp, "confidences": conf, "features": feat,
             "gt_confidence": kernels.gt_confidence(logits, labels, stride=stride),
             "gt_probability": kernels.gt_probability(logits, labels, stride=stride),
-            "mpe": kernels.multi_peak_entropy(jax.nn.sigmoid(logits), window=MPE_WINDOW,
-                                              threshold=MPE_THRESHOLD,
-                                              normalize=MPE_NORMALIZE),
+            "mpe": kernels.multi_peak_entropy(
+                logits if mpe_on == "logits" else jax.nn.sigmoid(logits), window=MPE_WINDOW,
+                threshold=mpe_thr, normalize=mpe_norm, temperature=MPE_TEMPERATURE),
         }
 
     _PASSES[key] = jax.jit(fn)
@@ -175,9 +183,10 @@ def _member_pass_fn(mc: ModelConfig, k: int):
 
 
 def member_outputs(result: EnsembleResult, members, images: np.ndarray, labels: np.ndarray,
-                   *, batch_size: int = 64, bar=None) -> dict[str, np.ndarray]:
+                   *, batch_size: int = 64, bar=None, mpe: str = MPE_NORMALIZE
+                   ) -> dict[str, np.ndarray]:
     """Stacked `[len(members), F, ...]` outputs of `_member_pass_fn` on `images`."""
-    fn = _member_pass_fn(result.model_config, len(result.bodyparts))
+    fn = _member_pass_fn(result.model_config, len(result.bodyparts), mpe)
     n = images.shape[0]
     bs = max(1, min(batch_size, n))
     per_member = []
@@ -264,10 +273,26 @@ def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list
     return out
 
 
+def _threshold_kinds(run: Path) -> np.ndarray | None:
+    """int8 [n, K] kinds of the realistic threshold samples (threshold.KINDS), None for
+    runs that recorded none."""
+    z = eio.load_npz(run / "data.npz")
+    return z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
+
+
+def _largest_tie_share(x: np.ndarray) -> float:
+    """The share of the finite entries that the most common single value takes."""
+    x = np.asarray(x)[np.isfinite(x)]
+    if not x.size:
+        return float("nan")
+    return float(np.unique(x, return_counts=True)[1].max() / x.size)
+
+
 # ---------------------------------------------------------------------- analyze
 def analyze(run_dir: str | Path, *, progress: bool = True,
             log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
-            figures_enabled: bool = True, estimator: str | None = None) -> dict:
+            figures_enabled: bool = True, estimator: str | None = None,
+            mpe: str = MPE_NORMALIZE) -> dict:
     """Analyses a run directory (see the module docstring); returns analysis.json's dict.
 
     Holds the run directory's lock (`runlock`) while it runs; every output is written
@@ -293,13 +318,19 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
         eio.remove_temporaries(run)
+        if mpe not in MPE_MODES:
+            raise ValueError(f"mpe={mpe!r}: choose one of {sorted(MPE_MODES)}")
         return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
-                               top=top, figures_enabled=figures_enabled, estimator=estimator)
+                               top=top, figures_enabled=figures_enabled, estimator=estimator,
+                               mpe_mode=mpe)
 
 
 def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
                     batch_size: int, top: int, figures_enabled: bool,
-                    estimator: str | None = None) -> dict:
+                    estimator: str | None = None, mpe_mode: str = MPE_NORMALIZE) -> dict:
+    from ensemble_jax.analysis import suspects as sus
+    from ensemble_jax.analysis import uncertainty as unc
+    from ensemble_jax.analysis.threshold import KINDS
     from ensemble_jax.sweep import load_split, load_threshold_mask
     t0 = time.perf_counter()
     train, test = load_split(run)
@@ -323,6 +354,15 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     rep = aum_lib.aum_report(result.aum_sum, result.aum_count, alive, thr)
     labeled = train.labeled
     thr_mask = np.zeros((n, k), bool) if thr is None else thr
+    # Frame-level report (analysis/suspects.py). With realistic threshold samples (kinds
+    # recorded) its cut is the run's cut, so aum.csv's flags are the suspects' labels.
+    thr_kind = _threshold_kinds(run)
+    frames = sus.frame_report(rep.aum, thr_kind if thr_kind is not None else
+                              np.where(thr_mask, 4, 0).astype(np.int8), noise)
+    if thr_kind is not None:
+        rep.cut, rep.rule = frames["cut"].cut, frames["cut"].rule
+        with np.errstate(invalid="ignore"):
+            rep.flagged = np.isfinite(rep.aum) & (rep.aum < rep.cut)
     rows = []
     for i in range(n):
         for j in range(k):
@@ -331,11 +371,14 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
             row = [train.frame_ids[i], train.bodyparts[j], float(rep.aum[i, j]),
                    int(rep.n_members[i, j]), int(rep.flagged[i, j]),
                    int(rep.n_members_flagged[i, j]), int(thr_mask[i, j])]
+            if thr_kind is not None:
+                row.append(KINDS.get(int(thr_kind[i, j]), ""))
             if noise is not None:
                 row.append(int(noise[i, j]))
             rows.append(row)
     header = ["frame", "keypoint", "aum", "n_members", "flagged", "n_members_flagged",
-              "threshold_sample"] + (["planted_noise"] if noise is not None else [])
+              "threshold_sample"] + (["threshold_kind"] if thr_kind is not None else []) \
+        + (["planted_noise"] if noise is not None else [])
     _write_csv(run / "aum.csv", header, rows)
     eio.save_npz(run / "aum_members.npz", aum=rep.member_aum, cut=rep.member_cut,
                  flagged=rep.member_flagged, alive=alive)
@@ -389,9 +432,9 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
         bar = tqdm(total=2 * members.size, unit="member-pass", desc="analysing members",
                    dynamic_ncols=True)
     out_tr = member_outputs(result, members, train.images, train.keypoints,
-                            batch_size=batch_size, bar=bar)
+                            batch_size=batch_size, bar=bar, mpe=mpe_mode)
     out_te = member_outputs(result, members, test.images, test.keypoints,
-                            batch_size=batch_size, bar=bar)
+                            batch_size=batch_size, bar=bar, mpe=mpe_mode)
     if bar is not None:
         bar.close()
 
@@ -442,12 +485,23 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     _write_csv(run / "spread.csv", ["frame_id", "split"] + bps + ["spread_max", "spread_mean"],
                [[ids_all[f], split[f]] + [float(v) for v in spread[f]]
                 + [float(spread_max[f]), float(spread_mean[f])] for f in range(len(ids_all))])
+    mpe_on, mpe_thr, mpe_norm = MPE_MODES[mpe_mode]
+    conf_all = np.concatenate([out_tr["confidences"], out_te["confidences"]], axis=1)
+    top_value = _frame_mean(np.nanmean(conf_all, 0))           # tie-break: lower first
+    mpe_order = unc.rank_by_mpe(mpe_max, top_value)
     mpe_info = {
-        "settings": {"on": "sigmoid(logits)", "window": MPE_WINDOW,
-                     "threshold": MPE_THRESHOLD, "normalize": MPE_NORMALIZE,
-                     "members": "mean over alive members", "units": "nats"},
-        "top_frames": _top_frames(mpe_max, ids_all, top, largest=True,
-                                  extra={"split": np.array(split), "mpe_mean": mpe_mean}),
+        "settings": {"on": mpe_on, "window": MPE_WINDOW,
+                     "threshold": _f(mpe_thr) if np.isfinite(mpe_thr) else "none (every "
+                     "local maximum)", "normalize": mpe_norm,
+                     "temperature": MPE_TEMPERATURE if mpe_norm == "softmax" else None,
+                     "members": "mean over alive members", "units": "nats",
+                     "ranking": "MPE max over keypoints, descending; ties broken by the "
+                                "lower mean peak confidence"},
+        "largest_share_of_one_value": _f(_largest_tie_share(mpe_mean)),
+        "top_frames": [
+            {"frame": ids_all[f], "index": int(f), "score": _f(mpe_max[f]),
+             "split": split[f], "mpe_mean": _f(mpe_mean[f])}
+            for f in mpe_order[:top] if np.isfinite(mpe_max[f])],
     }
     spread_info = {"units": "px (original image)",
                    "top_frames": _top_frames(spread_max, ids_all, top, largest=True,
@@ -459,8 +513,51 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
         "least_representative_test_frames": _top_frames(
             np.where(is_test, represent, np.nan), ids_all, top, largest=False)}
 
+    # ---------------- uncertainty vs the ensemble's test error (analysis/uncertainty.py)
+    t_cons = consensus(out_te["keypoints"], out_te["confidences"])
+    t_err = unc.frame_error(test.to_original(t_cons), test.original_keypoints())
+    te = slice(n, None)
+    unc_info = unc.uncertainty_vs_error(
+        {"mpe_mean": mpe_mean[te], "mpe_max": mpe_max[te], "spread_mean": spread_mean[te],
+         "spread_max": spread_max[te], "unrepresentativeness": -represent[te]}, t_err)
+    unc_info["error"] = ("ensemble consensus error per test frame, mean over labeled "
+                         "keypoints, px (original image)")
+    for line in unc.describe(unc_info):
+        log(line)
+
+    # ---------------- suspects (analysis/suspects.py)
+    pred_tr = sus.oob_prediction(out_tr["keypoints"], masks[members])      # training px
+    kinds = sus.suspect_kind(train.keypoints, pred_tr, rep.aum)
+    corrections = np.stack([kd["correction"] for kd in kinds]) if kinds else \
+        np.zeros((0, k, 2))
+    sus_rows = sus.write_suspects(
+        run / "suspects.csv", list(train.frame_ids), bps, frames["score"], frames["flagged"],
+        frames["probe_kind"], [dict(kd, correction=c) for kd, c in
+                               zip(kinds, train.to_original(corrections))],
+        train.original_keypoints(), rep.aum, noise)
+    suspects_info = dict(frames["summary"])
+    suspects_info["prediction"] = ("median over the alive members that did not train on "
+                                   "the frame (all alive members if every one did)")
+    suspects_info["top"] = sus_rows[:top]
+    log(f"suspects: {suspects_info['n_flagged']} of {suspects_info['n_frames']} frames "
+        f"flagged ({suspects_info['rule']})")
+
     # ---------------- figures
-    written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz"]
+    written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz",
+               "suspects.csv"]
+    if figures_enabled:
+        sus.gallery(run / "suspects.png", train.images, train.keypoints, pred_tr,
+                    list(corrections), sus_rows,
+                    {f: i for i, f in enumerate(train.frame_ids)}, bps)
+        sus.aum_by_kind(run / "aum_by_kind.png", np.where(labeled, rep.aum, np.nan),
+                        thr_kind if thr_kind is not None else np.where(thr_mask, 4, 0),
+                        noise, rep.cut)
+        unc.scatter(run / "uncertainty_vs_error.png", {
+            "MPE (mean over keypoints, nats)": mpe_mean[te],
+            "ensemble spread (mean, px)": spread_mean[te],
+            "1 - representativeness": 1 - represent[te]}, t_err, unc_info)
+        written += [p for p in ("suspects.png", "aum_by_kind.png", "uncertainty_vs_error.png")
+                    if (run / p).exists()]
     if figures_enabled:
         if eff is not None:
             figures.influence_matrix(run / "influence_matrix.png", eff,
@@ -513,6 +610,7 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
         "n_train": n, "n_test": test.n_frames, "bodyparts": bps,
         "aum": aum_info, "influence": influence_info, "mpe": mpe_info, "spread": spread_info,
         "representativeness": represent_info,
+        "suspects": suspects_info, "uncertainty_vs_error": unc_info,
         "files": written + ["analysis.json"], "wall_s": time.perf_counter() - t0,
     }
     eio.write_json(run / "analysis.json", analysis)
@@ -533,6 +631,25 @@ def describe(analysis: dict, n: int = 3) -> str:
             lines.append(f"  flagged: {r['frame']} {r['keypoint']} (AUM {r['aum']:.2f})")
     from ensemble_jax.analysis.attribution import describe as describe_influence
     lines += describe_influence(analysis["influence"], n)
+    sus_info = analysis.get("suspects")
+    if sus_info:
+        lines.append(f"suspect frames: {sus_info['n_flagged']} of {sus_info['n_frames']} "
+                     f"flagged (suspects.csv; {sus_info['rule']})")
+        for r in sus_info["top"][:n]:
+            lines.append(f"  {'flagged' if r['flagged'] else 'ranked'}: {r['frame']}: "
+                         f"{r['description']} (frame AUM {r['frame_aum']:.2f})")
+        for kind, t in sus_info.get("threshold_frames", {}).items():
+            lines.append(f"  threshold samples '{kind}': {t['n']} frames, "
+                         f"{t['recall_at_cut']:.2f} below the cut")
+        pl = sus_info.get("planted")
+        if pl:
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+            lines.append(f"  planted noise: {pl['n_frames']} frames, frame ROC-AUC "
+                         f"{fmt(pl['roc_auc_frames'])}, recall {fmt(pl['recall'])}, "
+                         f"precision {fmt(pl['precision'])}")
+    if analysis.get("uncertainty_vs_error"):
+        from ensemble_jax.analysis.uncertainty import describe as describe_unc
+        lines += describe_unc(analysis["uncertainty_vs_error"])
     top_mpe = analysis["mpe"]["top_frames"][:n]
     if top_mpe:
         lines.append("highest multi-peak entropy: " + ", ".join(

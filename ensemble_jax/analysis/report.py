@@ -151,6 +151,9 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
         raise NotADirectoryError(f"report: {run_dir} is not a directory")
     sections = find_sections(run_dir)
     if not sections:
+        from ensemble_jax.analysis.run_report import build_run_report, is_run_dir
+        if is_run_dir(run_dir):   # a sweep (+ analyze) run directory: a report of that run
+            return build_run_report(run_dir, title=title)
         raise ValueError(f"report: no {SECTION_FILE} under {run_dir} (run a study first)")
     title = title or f"ensemble-jax report: {run_dir.name}"
     body = "\n".join(_section_html(folder, sec) for folder, sec in sections)

@@ -141,6 +141,9 @@ def load_image(path: str | os.PathLike, context: str | None = None) -> np.ndarra
 
 def _target_size(sizes: Sequence[tuple[int, int]], image_size, names: Sequence[str]
                  ) -> tuple[int, int]:
+    from ensemble_jax.data.auto_size import AutoImageSize
+    if isinstance(image_size, AutoImageSize):   # chosen from the frame sizes
+        return image_size.choose(sizes)
     hw = parse_image_size(image_size)
     if hw is not None:
         return hw

@@ -372,7 +372,10 @@ def _own(items: list[dict], meta: dict, label: str, image_size) -> KeypointDatas
     sizes = np.stack([np.asarray(d["original_size"], np.int32) for d in items])
     noise = (np.stack([np.asarray(d["noise_mask"], bool) for d in items])
              if meta.get("has_noise_mask") else None)
-    hw = parse_image_size(image_size)
+    from ensemble_jax.data.auto_size import AutoImageSize
+    # auto: from the stored frames (upsampling them past their stored size adds nothing)
+    hw = (image_size.choose([(images.shape[2], images.shape[1])])
+          if isinstance(image_size, AutoImageSize) else parse_image_size(image_size))
     if hw is not None and hw != images.shape[1:3]:
         images, lb2, _ = images_to_common_size(list(images), hw)
         s2, off2 = lb2[:, :1], lb2[:, 1:]

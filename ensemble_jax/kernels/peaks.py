@@ -7,7 +7,8 @@ neighbours); that is the definition, not an accident.
 
 MPE of one heatmap with peak values v_1..v_m:
 
-    normalize="softmax":  p_j = exp(v_j) / sum_k exp(v_k)      (Liu & Ferrari 2017)
+    normalize="softmax":  p_j = exp(v_j / T) / sum_k exp(v_k / T)   (Liu & Ferrari 2017;
+                          T = `temperature`, in the units of the values, default 1)
     normalize="sum":      p_j = v_j / sum_k v_k                 (needs threshold >= 0)
     MPE = -sum_j p_j log p_j,   and MPE = 0 when m < 2.
 
@@ -86,7 +87,8 @@ def find_peaks(heatmaps: jnp.ndarray, *, window: int = 3, threshold=0.0) -> jnp.
     return _find_peaks(heatmaps, jnp.asarray(threshold, heatmaps.dtype), window=window)
 
 
-def _mpe_block(x: jnp.ndarray, threshold, window: int, normalize: str) -> jnp.ndarray:
+def _mpe_block(x: jnp.ndarray, threshold, window: int, normalize: str,
+               temperature=1.0) -> jnp.ndarray:
     """x `[B, H, W]` -> MPE `[B]` (see module docstring)."""
     axes = (-2, -1)
     # max propagates NaN, so this one reduction also finds the maps holding a NaN. NaN
@@ -98,7 +100,7 @@ def _mpe_block(x: jnp.ndarray, threshold, window: int, normalize: str) -> jnp.nd
         # the softmax shift: every exponent d_j = v_j - top is <= 0 and the largest is 0,
         # so z >= 1. H = log z - sum_j e_j d_j / z with e_j = exp(d_j). One peak gives
         # z = 1, s = 0, H = 0 exactly; no peak gives z = 0, s = 0, H = 0.
-        d = x - top
+        d = (x - top) / temperature
         e = jnp.where(peaks, jnp.exp(d), 0.0)
         z = jnp.maximum(e.sum(axes), 1.0)
         s = (e * d).sum(axes)
@@ -116,7 +118,7 @@ def _mpe_block(x: jnp.ndarray, threshold, window: int, normalize: str) -> jnp.nd
 
 
 @functools.partial(jax.jit, static_argnames=("window", "normalize", "block_maps"))
-def _multi_peak_entropy(heatmaps, threshold, *, window, normalize, block_maps):
+def _multi_peak_entropy(heatmaps, threshold, temperature, *, window, normalize, block_maps):
     lead = heatmaps.shape[:-2]
     h, w = heatmaps.shape[-2:]
     x = heatmaps.reshape((-1, h, w))
@@ -126,7 +128,7 @@ def _multi_peak_entropy(heatmaps, threshold, *, window, normalize, block_maps):
     if block_maps is None:
         block_maps = max(1, _CPU_BLOCK_PIXELS // (h * w)) if jax.default_backend() == "cpu" else b
     if b <= block_maps:
-        return _mpe_block(x, threshold, window, normalize).reshape(lead)
+        return _mpe_block(x, threshold, window, normalize, temperature).reshape(lead)
     # Blocked over maps. The last block starts at b - block_maps and overlaps its
     # predecessor, so there is no padding copy of the input; overlapping maps are simply
     # computed twice with the same result.
@@ -136,15 +138,15 @@ def _multi_peak_entropy(heatmaps, threshold, *, window, normalize, block_maps):
         start = jnp.minimum(i * block_maps, b - block_maps)
         blk = lax.dynamic_slice_in_dim(x, start, block_maps, axis=0)
         return lax.dynamic_update_slice_in_dim(
-            out, _mpe_block(blk, threshold, window, normalize), start, axis=0)
+            out, _mpe_block(blk, threshold, window, normalize, temperature), start, axis=0)
 
     out = lax.fori_loop(0, n_blocks, body, jnp.zeros((b,), heatmaps.dtype))
     return out.reshape(lead)
 
 
 def multi_peak_entropy(heatmaps: jnp.ndarray, *, window: int = 3, threshold=0.0,
-                       normalize: str = "softmax", block_maps: int | None = None
-                       ) -> jnp.ndarray:
+                       normalize: str = "softmax", block_maps: int | None = None,
+                       temperature=1.0) -> jnp.ndarray:
     """Multi-peak entropy of each heatmap.
 
     Args:
@@ -157,6 +159,8 @@ def multi_peak_entropy(heatmaps: jnp.ndarray, *, window: int = 3, threshold=0.0,
       normalize: "softmax" (static; Liu & Ferrari 2017) or "sum".
       block_maps: maps per block (static). None: about 1M pixels per block on CPU (keeps
         intermediates in cache), everything at once on other backends.
+      temperature: scalar > 0 (may be traced), softmax only: p_j ~ exp(v_j / temperature).
+        Larger values spread the weight over more peaks.
 
     Returns:
       `[...]` float MPE per heatmap; 0 where a map has fewer than two peaks; NaN where a
@@ -167,12 +171,14 @@ def multi_peak_entropy(heatmaps: jnp.ndarray, *, window: int = 3, threshold=0.0,
         raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
     if normalize == "sum" and isinstance(threshold, (int, float)) and threshold < 0:
         raise ValueError("normalize='sum' needs threshold >= 0 (peak values must be > 0)")
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     if block_maps is not None and block_maps < 1:
         raise ValueError(f"block_maps must be >= 1, got {block_maps}")
     chex.assert_rank(heatmaps, {2, 3, 4, 5, 6, 7, 8})
     chex.assert_type(heatmaps, float)
     return _multi_peak_entropy(heatmaps, jnp.asarray(threshold, heatmaps.dtype),
-                               window=window, normalize=normalize, block_maps=block_maps)
+                               jnp.asarray(temperature, heatmaps.dtype), window=window, normalize=normalize, block_maps=block_maps)
 
 
 @functools.partial(jax.jit, static_argnames=("reduce",))
