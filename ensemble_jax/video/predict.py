@@ -452,3 +452,23 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     f"({info['frames_per_s']:.1f} frames/s; decode {info['decode_s']:.1f} s "
                     f"on its own thread, device {info['device_s']:.1f} s)")
     return infos
+
+
+def write_split_csvs(run_dir: str | os.PathLike, result, dataset, predictions,
+                     folder: str = "test-predictions") -> list[Path]:
+    """The predictions of a run on labeled frames (e.g. its test frames) as DeepLabCut CSVs:
+    `<run_dir>/<folder>/members/member_<m>.csv` per alive member and
+    `<run_dir>/<folder>/ensemble.csv` (confidence-weighted mean of the alive members, as
+    `sweep` scores the ensemble), original-image pixels, indexed by the frame paths."""
+    from ensemble_jax.data.export import write_member_predictions
+    from ensemble_jax.training.result import consensus
+    alive = np.asarray(result.alive, bool)
+    kp = dataset.to_original(predictions.keypoints)                    # [M, n, K, 2]
+    conf = np.asarray(predictions.confidences)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        econf = np.nanmean(conf[alive].astype(np.float64), axis=0)
+    ens = dataset.to_original(consensus(predictions.keypoints[alive], conf[alive]))
+    return write_member_predictions(Path(run_dir) / folder, kp, conf, dataset.bodyparts,
+                                    list(dataset.frame_ids), alive=alive,
+                                    ensemble_keypoints=ens, ensemble_confidences=econf)
