@@ -166,6 +166,20 @@ def test_predictions_equal_ensemble_result_predict(run_dir, video, predicted):
     assert not (predicted / ".partial").exists()
 
 
+def test_forward_modes_agree(run_dir):
+    """vmap (accelerators) and lax.map (the CPU default) run the same members."""
+    import jax
+    from ensemble_jax.video.predict import ensemble_forward
+    result = load_run(run_dir)
+    x = np.stack([letterbox_image(_scene(i), (SIZE, SIZE))[0] for i in (0, 9, 18, 27)])
+    a = jax.device_get(ensemble_forward(result, "vmap")(result.params, x))
+    b = jax.device_get(ensemble_forward(result, "map")(result.params, x))
+    ref = result.predict(x)
+    np.testing.assert_allclose(a[0], ref.keypoints, atol=1e-3)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, atol=1e-3, rtol=1e-4)
+
+
 def test_csv_header_as_deeplabcut_writes_it(predicted):
     lines = (predicted / "ensemble.csv").read_text().splitlines()
     assert lines[0].split(",") == ["scorer"] + ["ensemble-jax"] * 12

@@ -94,17 +94,26 @@ def _run_fingerprint(run: Path) -> dict:
 _FORWARDS: dict = {}
 
 
-def ensemble_forward(result):
+def ensemble_forward(result, mode: str | None = None):
     """Jitted (stacked params `[M, ...]`, images uint8 `[B, H, W, C]`) ->
     keypoints `[M, B, K, 2]` (training pixels), confidences `[M, B, K]`,
-    mpe `[M, B, K]` (nats), features `[M, B, D]`: all members in one program."""
+    mpe `[M, B, K]` (nats), features `[M, B, D]`: all members in one program.
+
+    mode: "vmap" (the members batched into each operation: grouped convolutions, what
+    accelerators run best) or "map" (`lax.map`: one member after the other inside the
+    program; XLA's CPU convolutions run a member's plain convolution faster than the
+    grouped one). Default: "map" on a CPU, "vmap" elsewhere."""
     import jax
     from ensemble_jax import kernels
     from ensemble_jax.analysis.analyze import (MPE_NORMALIZE, MPE_THRESHOLD, MPE_WINDOW,
                                                _feature_layer)
     from ensemble_jax.models.decode import decode_heatmaps
     mc, k = result.model_config, len(result.bodyparts)
-    key = (mc, k)
+    if mode is None:
+        mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    if mode not in ("vmap", "map"):
+        raise ValueError(f"mode must be 'vmap' or 'map', got {mode!r}")
+    key = (mc, k, mode)
     if key not in _FORWARDS:
         model = result.model()
         stride = mc.output_stride
@@ -121,7 +130,11 @@ def ensemble_forward(result):
                                              threshold=MPE_THRESHOLD, normalize=MPE_NORMALIZE)
             return kp, conf, mpe, feat
 
-        _FORWARDS[key] = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        if mode == "vmap":
+            fn = jax.vmap(one, in_axes=(0, None))
+        else:   # a loop over the members inside the one program (lax.map = scan)
+            fn = lambda params, x: jax.lax.map(lambda p: one(p, x), params)
+        _FORWARDS[key] = jax.jit(fn)
     return _FORWARDS[key]
 
 
