@@ -144,6 +144,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multi-peak entropy: softmax over the peaks' logits (Liu & Ferrari, "
                         "default) or the older sum-normalised sigmoid peaks")
 
+    pr = sub.add_parser("predict", help="every alive member and the ensemble on every frame "
+                        "of videos or image folders: DeepLabCut-format CSVs (EKS-ready)")
+    pr.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", nargs="+", metavar="PATH", help="video files")
+    src.add_argument("--images", nargs="+", metavar="DIR", help="folders of images")
+    pr.add_argument("--out", required=True, help="output folder: <out>/<video name>/")
+    pr.add_argument("--batch-size", type=int, default=32, help="frames per batch (default 32)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sg = sub.add_parser("suggest", help="pick video frames to label next and write them "
+                        "into a DeepLabCut project (or a folder)")
+    sg.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `sweep`")
+    sg.add_argument("--video", nargs="+", required=True, metavar="PATH")
+    sg.add_argument("--budget", type=int, required=True, metavar="N",
+                    help="frames to suggest, over all videos")
+    sg.add_argument("--by", default="mpe", help="mpe | spread | representativeness | "
+                    "cluster | uniform (default mpe)")
+    dst = sg.add_mutually_exclusive_group(required=True)
+    dst.add_argument("--project", metavar="DLC_PROJECT",
+                     help="write PNGs into DLC_PROJECT/labeled-data/<video name>/")
+    dst.add_argument("--out", metavar="DIR", help="write PNGs into DIR/<video name>/")
+    sg.add_argument("--min-gap", type=int, default=10, metavar="FRAMES",
+                    help="leave out frames this close to frames already extracted or "
+                         "labeled, and keep picks this far apart (default 10)")
+    sg.add_argument("--predictions", default=None, metavar="DIR",
+                    help="where the video predictions are kept (default "
+                         "RUN_DIR/video-predictions; reused and resumed)")
+    sg.add_argument("--batch-size", type=int, default=32)
+    sg.add_argument("--seed", type=int, default=0, help="k-means start (--by cluster)")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+
     r = sub.add_parser("report", help="write RUN_DIR/report.html: of a sweep + analyze run "
                        "directory, or assembled from the studies' sections")
     r.add_argument("run_dir", metavar="RUN_DIR",
@@ -228,6 +260,25 @@ def main(argv: list[str] | None = None) -> int:
                              estimator=args.estimator, mpe=args.mpe)
             print(describe(result), flush=True)
             log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
+        elif args.command == "predict":
+            from ensemble_jax.video.predict import predict_sources
+            infos = predict_sources(args.run_dir, args.out, videos=args.video or (),
+                                    images=args.images or (), batch_size=args.batch_size,
+                                    progress=not args.quiet, log=log)
+            for info in infos:
+                print(f"{info['source']['path']}: {info['frames']} frames, "
+                      f"{len(info['members'])} members -> "
+                      f"{info['out_dir']}", flush=True)
+        elif args.command == "suggest":
+            from ensemble_jax.video.suggest import suggest_frames
+            rows = suggest_frames(args.run_dir, args.video, budget=args.budget, by=args.by,
+                                  project=args.project, out=args.out,
+                                  predictions=args.predictions, min_gap=args.min_gap,
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  progress=not args.quiet, log=log)
+            for r in rows:
+                print(f"{r['image']}: frame {r['frame']}, score {r['score']:.4g} "
+                      f"({r['reason']})", flush=True)
         elif args.command == "report":
             from ensemble_jax.analysis.report import build_report
             print(build_report(args.run_dir, title=args.title), flush=True)

@@ -9,6 +9,8 @@ The run directory is the contract between stages (see ARCHITECTURE.md):
   training.npz       losses [steps, M], AUM sums/counts [M, n_train, K], alive, diverged_at
   predictions.npz    per-member keypoints/confidences on train and test frames
                      (original-image pixels) and the labels they are scored against
+  test-predictions/  the test frames' predictions as DeepLabCut CSVs: members/member_<m>.csv
+                     per alive member, ensemble.csv (`eks singlecam --input-dir` on members/)
   summary.json       errors per fraction, ensemble and per member; strategy; speed
   learning_curve.png
 """
@@ -458,6 +460,9 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
         train_labels=train.original_keypoints(), test_labels=test.original_keypoints(),
         train_frame_ids=np.array(train.frame_ids), test_frame_ids=np.array(test.frame_ids),
         bodyparts=np.array(list(train.bodyparts)))
+    if result.alive.any():   # test frames as DeepLabCut CSVs, EKS-ready (video/predict.py)
+        from ensemble_jax.video.predict import write_split_csvs
+        write_split_csvs(out, result, test, p_test)
     ev = result.evaluate(train, test, pck_radius=pck_radius,
                          predictions={"train": p_train, "test": p_test})
     fracs = np.asarray(layout["member_fraction"])

@@ -66,8 +66,9 @@ def test_member_predictions_and_ensemble(tmp_path):
     conf = rng.random((m, f, k)).astype(np.float32)
     ids = [str(i) for i in range(f)]
     paths = write_member_predictions(tmp_path / "preds", kp, conf, BODYPARTS, ids)
-    assert [p.name for p in paths] == ["member_000.csv", "member_001.csv", "member_002.csv",
-                                       "ensemble.csv"]
+    assert [p.relative_to(tmp_path / "preds").as_posix() for p in paths] == [
+        "members/member_000.csv", "members/member_001.csv", "members/member_002.csv",
+        "ensemble.csv"]
     for i in range(m):
         df = _read(paths[i])["ensemble-jax"]
         np.testing.assert_array_equal(df["leftear"]["y"].to_numpy(), kp[i, :, 1, 1])
@@ -129,3 +130,58 @@ def test_import_dlc_documentation_pickle(tmp_path):
         pickle.dump([[], np.array([0, 2]), np.array([1]), 0.95], f)
     masks = import_dlc_shuffles(tmp_path, ids)
     np.testing.assert_array_equal(masks, [[True, False, True]])
+
+
+def _eks_style_load(csv_dir):
+    """EKS's loading path (eks.utils.format_data / load_pose_data, 4.x) rebuilt with pandas:
+    every *.csv of --input-dir is one member, read with header=[0, 1, 2], index_col=0;
+    the three column levels are scorer / bodyparts / coords; per bodypart x, y,
+    likelihood; the members are stacked into one array [members, frames, 3 * K]."""
+    frames = []
+    for path in sorted(csv_dir.glob("*.csv")):
+        df = pd.read_csv(path, header=[0, 1, 2], index_col=0)
+        df.columns.names = ["scorer", "bodyparts", "coords"]
+        assert set(df.columns.get_level_values("coords")) == {"x", "y", "likelihood"}
+        frames.append(df)
+    bps = list(dict.fromkeys(frames[0].columns.get_level_values("bodyparts")))
+    arr = np.empty((len(frames), len(frames[0]), 3 * len(bps)))
+    for i, df in enumerate(frames):
+        for j, bp in enumerate(bps):
+            sub = df.xs(bp, level="bodyparts", axis=1).droplevel("scorer", axis=1)
+            arr[i, :, 3 * j:3 * j + 3] = sub[["x", "y", "likelihood"]].to_numpy()
+    return frames, bps, arr
+
+
+def test_member_files_load_the_eks_way_with_nan_rows(tmp_path):
+    """The EKS failure of issue #20: a member whose first frame is all NaN lost that row
+    to pandas' header parsing (empty cells), so its table had 79 rows beside 80; and
+    ensemble.csv sat in the members' folder as one more member. Diverged members are
+    left out."""
+    rng = np.random.default_rng(5)
+    m, f, k = 4, 80, 3
+    kp = (rng.random((m, f, k, 2)) * 300).astype(np.float32)
+    conf = rng.random((m, f, k)).astype(np.float32)
+    kp[1, 0] = np.nan                       # member 1 lost every keypoint on frame 0
+    conf[1, 0] = np.nan
+    kp[2, 5, 1] = np.nan                    # partly NaN keypoints
+    conf[2, 5, 1] = np.nan
+    kp[0, 7, 2, 0] = np.nan                 # only x missing
+    alive = np.array([True, True, True, False])
+    out = tmp_path / "video"
+    paths = write_member_predictions(out, kp, conf, BODYPARTS, list(range(f)), alive=alive)
+    assert (out / "ensemble.csv") in paths and not (out / "members" / "ensemble.csv").exists()
+    frames, bps, arr = _eks_style_load(out / "members")
+    assert bps == BODYPARTS
+    assert arr.shape == (3, f, 3 * k)          # 3 alive members, every frame kept
+    for df in frames:
+        assert list(df.index) == list(range(f))              # integer frame indices
+        assert df.index.dtype.kind == "i"
+    np.testing.assert_array_equal(np.isnan(arr[1, 0]), True)          # the all-NaN row
+    np.testing.assert_array_equal(np.isnan(arr[2, 5, 3:6]), True)     # partly NaN row
+    assert not np.isnan(arr[2, 5, [0, 1, 2, 6, 7, 8]]).any()
+    assert np.isnan(arr[0, 7, 6]) and not np.isnan(arr[0, 7, 7])
+    want = np.concatenate([kp[:3], conf[:3, ..., None]], -1).reshape(3, f, 3 * k)
+    np.testing.assert_array_equal(arr, want.astype(np.float64))
+    assert [p.name for p in (out / "members").glob("*.csv")] != []
+    assert sorted(p.name for p in (out / "members").glob("*.csv")) == [
+        "member_000.csv", "member_001.csv", "member_002.csv"]       # diverged 3 left out

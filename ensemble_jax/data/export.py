@@ -7,11 +7,20 @@ DeepLabCut and Lightning Pose write for predictions: 3 header rows
     bodyparts, snout,    snout,    snout,      ...
     coords,    x,        y,        likelihood, ...
 
-then one row per frame whose first cell is the frame id. `pandas.read_csv(path,
-header=[0, 1, 2], index_col=0)` reads it (as an ensemble smoother such as EKS does).
-Numbers are written with full float precision (a float32 value reads back exactly);
-NaN is an empty cell. Coordinates are written as given: convert training pixels to
-original pixels first (`KeypointDataset.to_original`).
+then one row per frame whose first cell is the frame id (an image path for labeled
+frames, the integer frame index for video frames, as DeepLabCut and Lightning Pose
+write). `pandas.read_csv(path, header=[0, 1, 2], index_col=0)` reads it (as the Ensemble
+Kalman Smoother, EKS, does). Numbers are written with full float precision (a float32
+value reads back exactly). NaN is written `NaN`, not as an empty cell: pandas takes a
+first data row whose cells are all empty for the row of index names and drops it (a
+member that lost every keypoint on frame 0 would lose that frame, and EKS fails with
+"could not broadcast input array from shape (80,) into shape (79,)"). Coordinates are
+written as given: convert training pixels to original pixels first
+(`KeypointDataset.to_original`).
+
+`write_member_predictions` lays a folder out for `eks singlecam --input-dir`, which takes
+every `*.csv` of the folder as one member: the members go to `<dir>/members/` (diverged
+members left out), the ensemble to `<dir>/ensemble.csv`, beside the members' folder.
 
 Shuffles (`export_dlc_shuffles` / `import_dlc_shuffles`): DeepLabCut refers to training
 and test frames by their position in its merged label table, which is sorted by
@@ -46,22 +55,57 @@ from ensemble_jax.data.dataset import DatasetError
 from ensemble_jax.data.dlc import dlc_sort_key
 from ensemble_jax.io import write_json, write_text
 
-__all__ = ["write_predictions_csv", "write_member_predictions", "dlc_sorted_order",
+__all__ = ["write_predictions_csv", "write_member_predictions", "member_file_name",
+           "predictions_header", "predictions_rows", "MEMBERS_DIR", "dlc_sorted_order",
            "export_dlc_shuffles", "import_dlc_shuffles", "SHUFFLE_FORMAT"]
 
 SHUFFLE_FORMAT = "ensemble_jax.dlc_shuffle/1"
 
 
+MEMBERS_DIR = "members"
+
+
 def _cell(v: float) -> str:
     v = float(v)
-    return "" if v != v else repr(v)
+    return "NaN" if v != v else repr(v)
+
+
+def _frame_id(f) -> str:
+    return str(int(f)) if isinstance(f, (int, np.integer)) else str(f)
+
+
+def predictions_header(bodyparts: Sequence[str], scorer: str = "ensemble-jax") -> str:
+    """The three header rows (scorer / bodyparts / coords) of a prediction table."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    k = len(bodyparts)
+    w.writerow(["scorer"] + [scorer] * (3 * k))
+    w.writerow(["bodyparts"] + [str(b) for b in bodyparts for _ in range(3)])
+    w.writerow(["coords"] + ["x", "y", "likelihood"] * k)
+    return buf.getvalue()
+
+
+def predictions_rows(keypoints: np.ndarray, confidences: np.ndarray,
+                     frame_ids: Sequence) -> str:
+    """Data rows for keypoints `[F, K, 2]` and confidences `[F, K]` (shapes checked by the
+    caller), one per frame; ints in `frame_ids` are written as integers."""
+    kp = np.asarray(keypoints, np.float64)
+    conf = np.asarray(confidences, np.float64)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for i in range(kp.shape[0]):
+        row = [_frame_id(frame_ids[i])]
+        for j in range(kp.shape[1]):
+            row += [_cell(kp[i, j, 0]), _cell(kp[i, j, 1]), _cell(conf[i, j])]
+        w.writerow(row)
+    return buf.getvalue()
 
 
 def _predictions_text(keypoints, confidences, bodyparts, frame_ids, scorer) -> str:
     kp = np.asarray(keypoints)
     conf = np.asarray(confidences)
     bodyparts = [str(b) for b in bodyparts]
-    frame_ids = [str(f) for f in frame_ids]
+    frame_ids = list(frame_ids)
     if kp.ndim != 3 or kp.shape[2] != 2:
         raise DatasetError(f"keypoints must be [frames, K, 2], got shape {kp.shape}")
     f, k = kp.shape[:2]
@@ -73,19 +117,7 @@ def _predictions_text(keypoints, confidences, bodyparts, frame_ids, scorer) -> s
         raise DatasetError(f"bodyparts: duplicate names in {bodyparts}")
     if len(frame_ids) != f:
         raise DatasetError(f"frame_ids: {len(frame_ids)} ids for {f} frames")
-    kp = kp.astype(np.float64)
-    conf = conf.astype(np.float64)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["scorer"] + [scorer] * (3 * k))
-    w.writerow(["bodyparts"] + [b for b in bodyparts for _ in range(3)])
-    w.writerow(["coords"] + ["x", "y", "likelihood"] * k)
-    for i in range(f):
-        row = [frame_ids[i]]
-        for j in range(k):
-            row += [_cell(kp[i, j, 0]), _cell(kp[i, j, 1]), _cell(conf[i, j])]
-        w.writerow(row)
-    return buf.getvalue()
+    return predictions_header(bodyparts, scorer) + predictions_rows(kp, conf, frame_ids)
 
 
 def write_predictions_csv(path: str | os.PathLike, keypoints: np.ndarray,
@@ -103,14 +135,21 @@ def write_member_predictions(out_dir: str | os.PathLike, keypoints: np.ndarray,
                              frame_ids: Sequence[str], *, scorer: str = "ensemble-jax",
                              ensemble_keypoints: np.ndarray | None = None,
                              ensemble_confidences: np.ndarray | None = None,
-                             ensemble_name: str | None = "ensemble.csv") -> list[Path]:
-    """One CSV per member (`member_000.csv`, ...) plus the ensemble file.
+                             ensemble_name: str | None = "ensemble.csv",
+                             alive: np.ndarray | None = None,
+                             members_dir: str = MEMBERS_DIR) -> list[Path]:
+    """One CSV per member (`<out_dir>/members/member_000.csv`, ...) plus the ensemble
+    file `<out_dir>/ensemble.csv`, apart from the members so that
+    `eks singlecam --input-dir <out_dir>/members` sees the members only.
 
     Args:
       keypoints: `[M, F, K, 2]`; confidences: `[M, F, K]`.
       ensemble_keypoints / ensemble_confidences: the ensemble's `[F, K, 2]` / `[F, K]`;
-        default: the per-coordinate median of the members (NaN-aware) and the mean
-        confidence. `ensemble_name=None` writes no ensemble file.
+        default: the per-coordinate median of the written members (NaN-aware) and their
+        mean confidence. `ensemble_name=None` writes no ensemble file.
+      alive: bool `[M]`; members with False (diverged) are left out (the others keep
+        their member number in the file name). Default: all members.
+      frame_ids: image paths, or ints (video frame indices; written as integers).
 
     Returns the paths written (members first, then the ensemble file).
     """
@@ -122,22 +161,31 @@ def write_member_predictions(out_dir: str | os.PathLike, keypoints: np.ndarray,
         raise DatasetError(f"confidences must be {list(kp.shape[:3])} [members, frames, K], "
                            f"got {list(conf.shape)}")
     m = kp.shape[0]
+    keep = np.ones(m, bool) if alive is None else np.asarray(alive, bool)
+    if keep.shape != (m,):
+        raise DatasetError(f"alive must be [members={m}] bools, got shape {keep.shape}")
+    if not keep.any():
+        raise DatasetError("every member diverged (alive is all False): nothing to write")
     out_dir = Path(out_dir)
-    width = max(3, len(str(m - 1)))
     paths = []
-    for i in range(m):
-        paths.append(write_predictions_csv(out_dir / f"member_{i:0{width}d}.csv", kp[i],
-                                           conf[i], bodyparts, frame_ids, scorer))
+    for i in np.flatnonzero(keep):
+        paths.append(write_predictions_csv(out_dir / members_dir / member_file_name(i, m),
+                                           kp[i], conf[i], bodyparts, frame_ids, scorer))
     if ensemble_name:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-            ekp = (np.nanmedian(kp.astype(np.float64), axis=0)
+            ekp = (np.nanmedian(kp[keep].astype(np.float64), axis=0)
                    if ensemble_keypoints is None else np.asarray(ensemble_keypoints))
-            econf = (np.nanmean(conf.astype(np.float64), axis=0)
+            econf = (np.nanmean(conf[keep].astype(np.float64), axis=0)
                      if ensemble_confidences is None else np.asarray(ensemble_confidences))
         paths.append(write_predictions_csv(out_dir / ensemble_name, ekp, econf, bodyparts,
                                            frame_ids, scorer))
     return paths
+
+
+def member_file_name(member: int, n_members: int) -> str:
+    """`member_007.csv`: the member's number in the run, zero-padded (at least 3 digits)."""
+    return f"member_{int(member):0{max(3, len(str(n_members - 1)))}d}.csv"
 
 
 # -------------------------------------------------------------------------- shuffles
