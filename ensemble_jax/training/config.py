@@ -5,6 +5,8 @@ import dataclasses
 
 import optax
 
+from ensemble_jax.training.augment import AugmentConfig, coerce as _coerce_augment
+
 STRATEGIES = ("auto", "vmap", "vmap_matmul", "unrolled", "sequential")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -34,8 +36,11 @@ class TrainConfig:
     track_aum: bool = True
     aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
     checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
+    augment: AugmentConfig = AugmentConfig()  # training/augment.py; off unless enabled
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", _coerce_augment(self.augment))  # dict from json
+
         def bad(name, why):
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
         if int(self.steps) != self.steps or self.steps < 1:
