@@ -123,7 +123,10 @@ def load_result(run_dir: str | Path) -> EnsembleResult:
 # ----------------------------------------------------------------- forward pass
 def _feature_layer(mc: ModelConfig) -> str:
     """Name of the deepest encoder convolution (HeatmapNet creates Conv_0 for the stem,
-    then 1 + convs_per_stage convolutions per stage, in order)."""
+    then 1 + convs_per_stage convolutions per stage, in order; the ResNet encoder's deepest
+    stage is its module 'layer4')."""
+    if getattr(mc, "encoder", "small") == "resnet":
+        return "layer4"
     return f"Conv_{len(mc.widths) * (1 + mc.convs_per_stage)}"
 
 

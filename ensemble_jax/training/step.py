@@ -40,6 +40,10 @@ def init_member(model: HeatmapNet, tx: optax.GradientTransformation, key: jnp.nd
                 sample: jnp.ndarray, n_frames: int, n_keypoints: int) -> MemberState:
     # Stream 1 of the member key initialises; stream 0 (folded with the step) samples.
     params = model.init(jax.random.fold_in(jax.random.wrap_key_data(key), 1), sample)
+    if getattr(model.config, "init_weights", None):
+        # Same pretrained encoder for every member; the head keeps this member's own init.
+        from ensemble_jax.models.pretrained import merge_encoder
+        params = merge_encoder(params, model.config)
     return MemberState(
         params=params, opt_state=tx.init(params),
         aum_sum=jnp.zeros((n_frames, n_keypoints), jnp.float32),
