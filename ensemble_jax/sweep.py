@@ -179,6 +179,12 @@ def _run_sweep_locked(out: Path, cfg: SweepConfig, model_cfg: ModelConfig,
     kp, threshold_mask = inject_threshold_samples(
         train.keypoints, train.images.shape[1:3], cfg.threshold_fraction, cfg.seed)
     train = dataclasses.replace(train, keypoints=kp)
+    # Steps from epochs, warm-up, flip pairs as indices; encoder weights checked early.
+    from ensemble_jax.training.real_data import resolve_train_config
+    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts, log)
+    if model_cfg.init_weights:
+        from ensemble_jax.models.pretrained import load_encoder
+        load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     masks, layout = make_plan(cfg, train.n_frames)

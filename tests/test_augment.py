@@ -145,3 +145,29 @@ def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
     off = EnsembleTrainer(SMALL, dataclasses.replace(seq, augment=A.AugmentConfig())).fit(
         data, masks[1:2], member_ids=np.array([1]), progress=False)
     assert not np.array_equal(flat(off.params), flat(alone.params))
+
+
+def test_command_line_defaults_augment_real_data_only():
+    from ensemble_jax import cli
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "x", *a]))
+    _, model, train = parse()
+    assert not train.augment.enabled and train.epochs is None and train.schedule == "cosine"
+    _, model, train = parse("--data", "somewhere", "--flip-pairs", "leftear:rightear",
+                            "--model", "resnet", "--resnet-depth", "34")
+    assert train.augment.enabled and train.augment.flip_pairs == (("leftear", "rightear"),)
+    assert train.epochs == 200 and train.schedule == "warmup_cosine"
+    assert model.encoder == "resnet" and model.resnet_depth == 34
+    _, _, train = parse("--data", "somewhere", "--no-augment", "--steps", "50")
+    assert not train.augment.enabled and train.epochs is None and train.steps == 50
+    assert cli.main(["sweep", "--out", "x", "--steps", "5", "--epochs", "3"]) == 2
+    assert cli.main(["sweep", "--out", "x", "--flip-pairs", "leftear"]) == 2
+
+
+def test_epochs_become_steps_with_warmup_and_flip_indices():
+    from ensemble_jax.training.real_data import resolve_train_config
+    tc = TrainConfig(epochs=200, batch_size=16, schedule="warmup_cosine",
+                     augment=A.AugmentConfig(enabled=True, flip_pairs=(("l", "r"),)))
+    out = resolve_train_config(tc, 93, ["r", "n", "l"])
+    assert out.steps == 1163 and out.warmup_steps == 58     # ceil(200 * 93 / 16), 5%
+    assert out.augment.flip_perm == (2, 1, 0)
+    assert resolve_train_config(out, 93, ["r", "n", "l"]) == out   # idempotent (resume)

@@ -147,7 +147,9 @@ def _member_pass_fn(mc: ModelConfig, k: int):
         logits, state = model.apply(
             params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
             mutable=["intermediates"])
-        feat = state["intermediates"][layer]["__call__"][0]          # [B, h, w, C]
+        inter = state["intermediates"]
+        inter = inter["encoder"] if "encoder" in inter else inter   # the ResNet's stages
+        feat = inter[layer]["__call__"][0]                          # [B, h, w, C]
         feat = jax.nn.relu(feat.astype(jnp.float32)).mean((1, 2))
         kp, conf = decode_heatmaps(logits, stride)
         return {
