@@ -111,6 +111,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--deterministic", action="store_true",
                    help="bit-identical results run to run on GPUs too (XLA deterministic "
                         "ops, full float32 matmuls, order-free AUM sums; slower); see README")
+    acc = s.add_argument_group("accuracy on real projects (augmentation, encoder, schedule)")
+    acc.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                     help="augment training frames on device (default: on with --data, off "
+                          "for the synthetic scenes)")
+    acc.add_argument("--flip-pairs", default=None, metavar="L:R,...",
+                     help="horizontal flips exchanging these left/right bodyparts, e.g. "
+                          "leftear:rightear (default: no flips)")
+    acc.add_argument("--aum-view", choices=["augmented", "clean"], default=None,
+                     help="AUM margins on the augmented batch (free) or on the clean frames "
+                          "(one extra forward pass)")
+    acc.add_argument("--model", choices=["small", "resnet"], default=None,
+                     help="encoder: small (default, fast) or a ResNet-18/34")
+    acc.add_argument("--resnet-depth", type=int, choices=[18, 34], default=None)
+    acc.add_argument("--resnet-width", type=int, default=None,
+                     help="ResNet base width (64 = torchvision's; needed for its weights)")
+    acc.add_argument("--init-weights", default=None, metavar="PATH",
+                     help="encoder weights: Flax .msgpack or torchvision ResNet .pt/.pth")
+    acc.add_argument("--epochs", type=float, default=None,
+                     help="steps = epochs x training frames / batch (default with --data and "
+                          "no --steps: 200)")
+    acc.add_argument("--schedule", choices=["constant", "cosine", "warmup_cosine"], default=None,
+                     help="learning-rate schedule (default: warmup_cosine with --data, else "
+                          "cosine)")
     g = s.add_argument_group("several devices and hosts (results equal a one-device run's)")
     g.add_argument("--devices", type=int, default=None, metavar="N",
                    help="devices per process to shard the members over (default: all)")
@@ -210,13 +233,43 @@ def sweep_configs(args: argparse.Namespace):
         threshold_kinds=args.threshold_kinds,
         threshold_fraction=args.threshold_fraction if args.threshold_fraction is not None
         else (0.1 if args.threshold_kinds == "realistic" else sweep.threshold_fraction))
-    model = dataclasses.replace(model, **pick(widths=args.widths))
+    model = dataclasses.replace(model, **pick(
+        widths=args.widths, encoder=getattr(args, "model", None),
+        resnet_depth=getattr(args, "resnet_depth", None),
+        resnet_width=getattr(args, "resnet_width", None),
+        init_weights=getattr(args, "init_weights", None)))
+    train = _accuracy_options(args, train)
     train = dataclasses.replace(train, **pick(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         strategy=args.strategy, chunk_size=args.chunk_size,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         deterministic=True if getattr(args, "deterministic", False) else None))
     return sweep, model, train
+
+
+def _accuracy_options(args: argparse.Namespace, train):
+    """Augmentation, schedule and epochs: on real data (--data) augmentation is on, the
+    step count follows 200 epochs and the schedule warms up, unless given; the synthetic
+    default sweep keeps its settings (the README's numbers are for those)."""
+    from ensemble_jax.training.augment import AugmentConfig, parse_flip_pairs
+    from ensemble_jax.training.real_data import DEFAULT_EPOCHS
+    real = getattr(args, "data", None) is not None
+    augment = getattr(args, "augment", None)
+    aug = AugmentConfig(enabled=real if augment is None else augment)
+    if getattr(args, "flip_pairs", None):
+        aug = dataclasses.replace(aug, flip_pairs=parse_flip_pairs(args.flip_pairs))
+    if getattr(args, "aum_view", None):
+        aug = dataclasses.replace(aug, aum_view=args.aum_view)
+    epochs = getattr(args, "epochs", None)
+    if epochs is not None and args.steps is not None:
+        raise ValueError("--epochs and --steps both set the step count; give one of them")
+    if epochs is None and real and args.steps is None and not args.smoke:
+        epochs = DEFAULT_EPOCHS
+    schedule = getattr(args, "schedule", None) or ("warmup_cosine" if real else None)
+    kw = {"augment": aug, "epochs": epochs}
+    if schedule:
+        kw["schedule"] = schedule
+    return dataclasses.replace(train, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:

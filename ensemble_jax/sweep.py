@@ -271,6 +271,12 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     guards.check_labels(data)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
     guards.check_test_labels(test, cfg.test_fraction)
+    # Steps from epochs, warm-up, flip pairs as indices; encoder weights checked early.
+    from ensemble_jax.training.real_data import resolve_train_config
+    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts, log)
+    if model_cfg.init_weights:
+        from ensemble_jax.models.pretrained import load_encoder
+        load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).

@@ -454,3 +454,29 @@ def fit_datamodel(masks, values, lam, kind="ridge", strata=None, n_strata=1, swe
             if g.any() and not np.isnan(y_all[g, t]).all():
                 B[s, t] = y[g].mean() - X[g].mean(0) @ w
     return W, B
+def affine_warp(images, a, t):
+    """Twin of training.augment.warp_images: images float [B, H, W, C], A [B, 2, 2],
+    t [B, 2]; output pixel p' samples the input bilinearly at A^-1 (p' - c - t) + c, 0
+    outside the frame's content box (bounding box of its non-zero pixels)."""
+    images = np.asarray(images, np.float64)
+    b, h, w, ch = images.shape
+    out = np.zeros_like(images)
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    for i in range(b):
+        nz = np.argwhere(images[i].max(-1) > 0)
+        if nz.size == 0:
+            continue
+        (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
+        inv = np.linalg.inv(np.asarray(a[i], np.float64))
+        for yy in range(h):
+            for xx in range(w):
+                sx, sy = inv @ (np.array([xx, yy], float) - c - t[i]) + c
+                if not (x0 - 0.5 <= sx <= x1 + 0.5 and y0 - 0.5 <= sy <= y1 + 0.5):
+                    continue
+                fx, fy = int(np.floor(sx)), int(np.floor(sy))
+                for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                    xi, yi = fx + dx, fy + dy
+                    if 0 <= xi < w and 0 <= yi < h:
+                        wt = (1 - abs(sx - xi)) * (1 - abs(sy - yi))
+                        out[i, yy, xx] += wt * images[i, yi, xi]
+    return out

@@ -144,7 +144,10 @@ def load_result(run_dir: str | Path) -> EnsembleResult:
 # ----------------------------------------------------------------- forward pass
 def _feature_layer(mc: ModelConfig) -> str:
     """Name of the deepest encoder convolution (HeatmapNet creates Conv_0 for the stem,
-    then 1 + convs_per_stage convolutions per stage, in order)."""
+    then 1 + convs_per_stage convolutions per stage, in order; the ResNet encoder's deepest
+    stage is its module 'layer4')."""
+    if getattr(mc, "encoder", "small") == "resnet":
+        return "layer4"
     return f"Conv_{len(mc.widths) * (1 + mc.convs_per_stage)}"
 
 
@@ -166,7 +169,9 @@ def _member_pass_fn(mc: ModelConfig, k: int, mpe: str = MPE_NORMALIZE):
         logits, state = model.apply(
             params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
             mutable=["intermediates"])
-        feat = state["intermediates"][layer]["__call__"][0]          # [B, h, w, C]
+        inter = state["intermediates"]
+        inter = inter["encoder"] if "encoder" in inter else inter   # the ResNet's stages
+        feat = inter[layer]["__call__"][0]                          # [B, h, w, C]
         feat = jax.nn.relu(feat.astype(jnp.float32)).mean((1, 2))
         kp, conf = decode_heatmaps(logits, stride)
         return {

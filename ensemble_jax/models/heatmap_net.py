@@ -32,6 +32,11 @@ class ModelConfig:
         (shifted copies times the kernel, models/matmul_conv.py: under vmap over members a
         batched matrix product instead of a grouped convolution). Same parameters and
         function; the trainer's 'vmap_matmul' strategy switches it on for its program.
+    encoder: 'small' (the stages above, fast; for speed studies) or 'resnet' (a
+        torchvision-layout ResNet-18/34 of `resnet_depth` with base width `resnet_width`,
+        models/resnet.py; stride 32, so images must divide by 32). Same heatmap head.
+    init_weights: a Flax msgpack or torchvision ResNet state dict (.pt/.pth) the encoder
+        of every member starts from (models/pretrained.py); heads keep their own init.
     """
     widths: Sequence[int] = (16, 32, 64)
     convs_per_stage: int = 1
@@ -39,6 +44,10 @@ class ModelConfig:
     head_width: int = 32
     dtype: str = "float32"
     conv_impl: str = "xla"
+    encoder: str = "small"
+    resnet_depth: int = 18
+    resnet_width: int = 64
+    init_weights: str | None = None
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -48,7 +57,19 @@ class ModelConfig:
         s = self.output_stride
         if s < 1 or s & (s - 1):
             raise ValueError(f"ModelConfig.output_stride must be a power of two, got {s}")
-        if s > 2 ** len(widths):
+        if self.encoder not in ("small", "resnet"):
+            raise ValueError(f"ModelConfig.encoder must be 'small' or 'resnet', got {self.encoder!r}")
+        if self.encoder == "resnet":
+            from ensemble_jax.models.resnet import BLOCKS
+            if self.resnet_depth not in BLOCKS:
+                raise ValueError(f"ModelConfig.resnet_depth must be one of {sorted(BLOCKS)}, "
+                                 f"got {self.resnet_depth}")
+            if self.resnet_width < 1:
+                raise ValueError(f"ModelConfig.resnet_width must be positive, got {self.resnet_width}")
+            if s > 32:
+                raise ValueError(f"ModelConfig.output_stride={s}: the resnet encoder's deepest "
+                                 f"stride is 32")
+        elif s > 2 ** len(widths):
             raise ValueError(
                 f"ModelConfig.output_stride={s} needs at least {s.bit_length() - 1} encoder "
                 f"stages, widths has {len(widths)}")
@@ -60,7 +81,7 @@ class ModelConfig:
     @property
     def input_multiple(self) -> int:
         """Image height and width must be multiples of this."""
-        return 2 ** len(self.widths)
+        return 32 if self.encoder == "resnet" else 2 ** len(self.widths)
 
 
 class HeatmapNet(nn.Module):
@@ -74,6 +95,11 @@ class HeatmapNet(nn.Module):
         x = images.astype(jnp.float32)
         if images.dtype == jnp.uint8:
             x = x / 255.0
+        if cfg.encoder == "resnet":
+            from ensemble_jax.models.resnet import ResNetEncoder
+            skips = ResNetEncoder(cfg.resnet_depth, cfg.resnet_width, cfg.conv_impl, dtype,
+                                  name="encoder")(x)
+            return self._head(skips[32], skips, 32, dtype)
         x = (x - 0.5).astype(dtype)
         n_conv = itertools.count()
 
@@ -92,6 +118,18 @@ class HeatmapNet(nn.Module):
                 x = nn.relu(conv(w)(x))
             stride *= 2
             skips[stride] = x
+        return self._head(x, skips, stride, dtype, n_conv)
+
+    def _head(self, x, skips, stride, dtype, n_conv=None):
+        """Upsampling head from `stride` to output_stride with skips of the same stride."""
+        cfg = self.config
+        n_conv = n_conv if n_conv is not None else itertools.count()
+
+        def conv(w, s=1, k=3, **kw):
+            name = f"Conv_{next(n_conv)}"
+            if cfg.conv_impl == "matmul":
+                return MatmulConv(w, (k, k), strides=(s, s), dtype=dtype, name=name, **kw)
+            return nn.Conv(w, (k, k), strides=(s, s), padding="SAME", dtype=dtype, name=name, **kw)
         n_up = 0
         while stride > cfg.output_stride:
             # = nn.ConvTranspose(head_width, (4, 4), strides=(2, 2), padding="SAME"), same

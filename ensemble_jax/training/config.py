@@ -5,6 +5,8 @@ import dataclasses
 
 import optax
 
+from ensemble_jax.training.augment import AugmentConfig, coerce as _coerce_augment
+
 STRATEGIES = ("auto", "vmap", "vmap_matmul", "unrolled", "sequential")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
@@ -35,8 +37,13 @@ class TrainConfig:
     aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
     checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
     deterministic: bool = False           # bit-reproducible on GPUs too (training/determinism.py)
+    augment: AugmentConfig = AugmentConfig()  # training/augment.py; off unless enabled
+    epochs: float | None = None           # when set, a sweep sets steps from it and the
+                                          # training frames (training/real_data.py)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "augment", _coerce_augment(self.augment))  # dict from json
+
         def bad(name, why):
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
         if int(self.steps) != self.steps or self.steps < 1:
@@ -62,6 +69,8 @@ class TrainConfig:
                 bad("warmup_steps", f"must be in [0, steps={self.steps})")
         if self.checkpoint_every < 0:
             bad("checkpoint_every", "must be >= 0")
+        if self.epochs is not None and not self.epochs > 0:
+            bad("epochs", "must be > 0 or None")
 
     def optimizer(self) -> optax.GradientTransformation:
         """Adam(W) with the schedule. Clipping acts on one member's gradient tree: the

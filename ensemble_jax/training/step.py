@@ -14,6 +14,7 @@ import optax
 from ensemble_jax.data.targets import gaussian_targets
 from ensemble_jax.kernels.margins import heatmap_margin
 from ensemble_jax.models.heatmap_net import HeatmapNet
+from ensemble_jax.training.augment import augment_batch
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.determinism import scatter_add_once
 
@@ -40,6 +41,10 @@ def init_member(model: HeatmapNet, tx: optax.GradientTransformation, key: jnp.nd
                 sample: jnp.ndarray, n_frames: int, n_keypoints: int) -> MemberState:
     # Stream 1 of the member key initialises; stream 0 (folded with the step) samples.
     params = model.init(jax.random.fold_in(jax.random.wrap_key_data(key), 1), sample)
+    if getattr(model.config, "init_weights", None):
+        # Same pretrained encoder for every member; the head keeps this member's own init.
+        from ensemble_jax.models.pretrained import merge_encoder
+        params = merge_encoder(params, model.config)
     return MemberState(
         params=params, opt_state=tx.init(params),
         aum_sum=jnp.zeros((n_frames, n_keypoints), jnp.float32),
@@ -65,15 +70,30 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
         loss = (bce * weights).sum() / jnp.maximum(weights.sum(), 1.0)
         return loss, logits
 
+    aug = cfg.augment
+    if aug.enabled and aug.flip_pairs and not aug.flip_perm:
+        raise ValueError("AugmentConfig.flip_pairs are not resolved to keypoint indices; "
+                         "call AugmentConfig.resolve(bodyparts) first")
+
     def step(state: MemberState, inputs: MemberInputs, step_index, images, keypoints):
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(inputs.key), 0),
-                                 step_index)
+        member_key = jax.random.wrap_key_data(inputs.key)
+        key = jax.random.fold_in(jax.random.fold_in(member_key, 0), step_index)
         pos = jax.random.randint(key, (cfg.batch_size,), 0, inputs.subset_size)
         idx = inputs.subset_index[pos]
         x, kp = images[idx], keypoints[idx]
+        clean_x, clean_kp = x, kp
+        if aug.enabled:
+            # Stream 2 of the member key, folded with the step: a member's augmentations
+            # depend on nothing else (not the other members, the strategy or the sharding).
+            x, kp = augment_batch(jax.random.fold_in(jax.random.fold_in(member_key, 2),
+                                                     step_index), x, kp, aug)
         targets, weights = gaussian_targets(kp, heatmap_hw, stride, cfg.sigma)
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, x, targets, weights)
+        margin_logits, margin_kp = logits, kp
+        if aug.enabled and cfg.track_aum and aug.aum_view == "clean":
+            # AUM on the un-augmented frames, same parameters as the gradient's forward pass.
+            margin_logits, margin_kp = model.apply(state.params, clean_x), clean_kp
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         updates = jax.tree_util.tree_map(lambda u: u * inputs.lr_scale, updates)
         params = optax.apply_updates(state.params, updates)
@@ -82,7 +102,7 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
         aum_sum, aum_count = state.aum_sum, state.aum_count
         if cfg.track_aum:
-            margin = heatmap_margin(jax.lax.stop_gradient(logits), kp, stride=stride,
+            margin = heatmap_margin(jax.lax.stop_gradient(margin_logits), margin_kp, stride=stride,
                                     radius=cfg.aum_radius)                      # [B, K]
             valid = jnp.isfinite(margin) & ok
             contrib = jnp.where(valid, margin, 0.0)
