@@ -395,3 +395,23 @@ def test_cli_smoke_sweep_predict_suggest(tmp_path, video):
     assert len(list((tmp_path / "sug" / "walk").glob("img*.png"))) == 3
     # the sweep wrote its test frames as DeepLabCut CSVs too
     assert (tmp_path / "run" / "test-predictions" / "ensemble.csv").exists()
+
+
+def test_sweep_writes_test_frames_as_dlc_csvs(run_dir, tmp_path):
+    """What `sweep` adds beside predictions.npz: alive members + the ensemble it scores."""
+    from ensemble_jax.sweep import load_split
+    from ensemble_jax.training.result import consensus
+    from ensemble_jax.video.predict import write_split_csvs
+    result = load_run(run_dir)
+    _, test = load_split(run_dir)
+    p = result.predict(test.images)
+    paths = write_split_csvs(tmp_path, result, test, p)
+    assert [q.relative_to(tmp_path / "test-predictions").as_posix() for q in paths] == [
+        "members/member_000.csv", "members/member_001.csv", "ensemble.csv"]
+    m1 = pd.read_csv(paths[1], header=[0, 1, 2], index_col=0)["ensemble-jax"]
+    assert list(m1.index) == list(test.frame_ids)
+    np.testing.assert_allclose(m1["tailbase"]["y"], test.to_original(p.keypoints)[1][:, 3, 1],
+                               rtol=1e-6)
+    ens = pd.read_csv(paths[2], header=[0, 1, 2], index_col=0)["ensemble-jax"]
+    want = test.to_original(consensus(p.keypoints[:2], p.confidences[:2]))
+    np.testing.assert_allclose(ens["snout"]["x"], want[:, 0, 0], rtol=1e-6)
