@@ -415,3 +415,13 @@ def test_sweep_writes_test_frames_as_dlc_csvs(run_dir, tmp_path):
     ens = pd.read_csv(paths[2], header=[0, 1, 2], index_col=0)["ensemble-jax"]
     want = test.to_original(consensus(p.keypoints[:2], p.confidences[:2]))
     np.testing.assert_allclose(ens["snout"]["x"], want[:, 0, 0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_throughput_benchmark_runs(run_benchmark):
+    r = run_benchmark("predict_throughput.py", "--members", "2", "--frames", "40",
+                      "--image-size", "64", "--batch-size", "16")
+    assert r["frames"] == 40 and r["members"] == 2
+    assert 0 < r["device_s"] <= r["wall_s"] and r["decode_s"] > 0
+    assert r["frames_per_s"] == pytest.approx(40 / r["wall_s"])
+    assert r["rss_peak_mib"] >= r["rss_baseline_mib"] > 0
