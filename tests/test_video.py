@@ -395,3 +395,72 @@ def test_cli_smoke_sweep_predict_suggest(tmp_path, video):
     assert len(list((tmp_path / "sug" / "walk").glob("img*.png"))) == 3
     # the sweep wrote its test frames as DeepLabCut CSVs too
     assert (tmp_path / "run" / "test-predictions" / "ensemble.csv").exists()
+
+
+def test_sweep_writes_test_frames_as_dlc_csvs(run_dir, tmp_path):
+    """What `sweep` adds beside predictions.npz: alive members + the ensemble it scores."""
+    from ensemble_jax.sweep import load_split
+    from ensemble_jax.training.result import consensus
+    from ensemble_jax.video.predict import write_split_csvs
+    result = load_run(run_dir)
+    _, test = load_split(run_dir)
+    p = result.predict(test.images)
+    paths = write_split_csvs(tmp_path, result, test, p)
+    assert [q.relative_to(tmp_path / "test-predictions").as_posix() for q in paths] == [
+        "members/member_000.csv", "members/member_001.csv", "ensemble.csv"]
+    m1 = pd.read_csv(paths[1], header=[0, 1, 2], index_col=0)["ensemble-jax"]
+    assert list(m1.index) == list(test.frame_ids)
+    np.testing.assert_allclose(m1["tailbase"]["y"], test.to_original(p.keypoints)[1][:, 3, 1],
+                               rtol=1e-6)
+    ens = pd.read_csv(paths[2], header=[0, 1, 2], index_col=0)["ensemble-jax"]
+    want = test.to_original(consensus(p.keypoints[:2], p.confidences[:2]))
+    np.testing.assert_allclose(ens["snout"]["x"], want[:, 0, 0], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_predict_throughput_benchmark_runs(run_benchmark):
+    r = run_benchmark("predict_throughput.py", "--members", "2", "--frames", "40",
+                      "--image-size", "64", "--batch-size", "16")
+    assert r["frames"] == 40 and r["members"] == 2
+    assert 0 < r["device_s"] <= r["wall_s"] and r["decode_s"] > 0
+    assert r["frames_per_s"] == pytest.approx(40 / r["wall_s"])
+    assert r["rss_peak_mib"] >= r["rss_baseline_mib"] > 0
+
+
+@pytest.mark.slow
+def test_sigkilled_predict_resumes_to_identical_files(run_dir, tmp_path):
+    """A real SIGKILL (no exception handler runs, the lock is left behind): running the
+    same command again takes over the stale lock, continues, and writes the same files."""
+    import signal
+    import time
+    vid = reader.write_video(tmp_path / "long.mp4", (_scene(i) for i in range(200)), fps=25)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ensemble_jax.cli", "predict", str(run_dir), "--video",
+           str(vid), "--batch-size", "8", "--quiet", "--out"]
+    ref = subprocess.run(cmd + [str(tmp_path / "ref")], env=env, capture_output=True,
+                         text=True)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    prog = tmp_path / "got" / "long" / ".partial" / "progress.json"
+    p = subprocess.Popen(cmd + [str(tmp_path / "got")], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    while p.poll() is None and done < 24:
+        time.sleep(0.05)
+        try:
+            done = json.loads(prog.read_text())["frames_done"]
+        except (OSError, ValueError):
+            pass
+    assert p.poll() is None, "predict finished before it could be killed"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert (tmp_path / "got" / ".lock").exists()                 # left behind by the kill
+    again = subprocess.run(cmd + [str(tmp_path / "got")], env=env, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming after frame" in again.stderr
+    a, b = tmp_path / "ref" / "long", tmp_path / "got" / "long"
+    files = sorted(q.relative_to(a) for q in a.rglob("*") if q.is_file())
+    assert files == sorted(q.relative_to(b) for q in b.rglob("*") if q.is_file())
+    for f in files:
+        if f.name != "predict.json":
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f

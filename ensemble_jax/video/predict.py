@@ -455,7 +455,9 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     with runlock.locked(out, "predict", warn=log):
         for s in sources:
             dest = source_dir(out, s.name)
-            eio.remove_temporaries(dest) if dest.is_dir() else None
+            for d in (dest, dest / MEMBERS_DIR):   # a killed writer's temporaries
+                if d.is_dir():
+                    eio.remove_temporaries(d)
             info = _predict_one(s, dest, result, members, run_fp, batch_size=batch_size,
                                 scorer=scorer, progress=progress, log=log,
                                 after_batch=after_batch)

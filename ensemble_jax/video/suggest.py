@@ -239,7 +239,9 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
     sources = [VideoSource(v) for v in videos]
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"two videos share the name {sorted(n for n in names if names.count(n) > 1)[0]!r}")
+        dup = sorted(n for n in names if names.count(n) > 1)[0]
+        raise ValueError(f"two videos share the name {dup!r} (their frames would go to one "
+                         f"folder); rename one")
     result = load_run(run_dir)
     if project is not None:
         from ensemble_jax.data.dlc import read_dlc_config
