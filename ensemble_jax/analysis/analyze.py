@@ -279,6 +279,7 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
     from ensemble_jax import rundir
+    rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
     with runlock.locked(run, "analyze", warn=log):
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
