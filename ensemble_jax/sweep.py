@@ -1,6 +1,8 @@
 """A subset sweep end to end: data -> plan -> trained ensemble -> run directory.
 
-The run directory is the contract between stages (see ARCHITECTURE.md):
+The run directory is the contract between stages (see ARCHITECTURE.md; `rundir` owns it):
+  ensemble-jax-run.json  the manifest, written first: marks the folder as ours; data
+                     fingerprint and the SHA-256 of every file below (`rundir`)
   config.json        everything needed to reproduce the run
   subsets.npy        int32 [M, n_train] subset plan (counts; 0/1 for in/out plans)
   data.npz           the training/test frames at training resolution + labels + letterbox
