@@ -206,7 +206,7 @@ def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> No
         raise ValueError("--resume and --overwrite: choose one (continue the run there, or "
                          "move it aside and start a new one)")
     if resume and state in ("missing", "empty"):
-        raise ValueError(f"--resume: nothing to resume in {rundir._shown(out)} ("
+        raise ValueError(f"--resume: nothing to resume in {rundir.shown(out)} ("
                          f"{'no such folder' if state == 'missing' else 'the folder is empty'}"
                          f"); check --out, or drop --resume to start a new sweep")
     if state == "ours":
@@ -290,7 +290,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
                     f"{out}: holds an interrupted sweep with this configuration (checkpoints "
                     f"in {ckpt_dir}); continue it with --resume (resume=True), or "
                     f"--overwrite to move it aside and start over")
-            if has_ckpt or diff or not same_data or old is None:
+            if has_ckpt or diff or not same_data:
                 what = (f"settings that differ: {', '.join(diff)}" if diff else
                         "other training data" if not same_data else "its checkpoints")
                 raise ValueError(
