@@ -87,7 +87,8 @@ def state(path: str | os.PathLike) -> str:
     return "empty" if not _entries(path) else "foreign"
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
+    """How a path is named in messages (`--out ""` is the current folder: say which)."""
     return f"{path} ({path.resolve()})" if str(path) in ("", ".") else str(path)
 
 
@@ -97,7 +98,7 @@ def refuse_foreign(path: Path, flag: str = "--out") -> None:
     why = ("it looks like a run directory of an older ensemble-jax without " + MANIFEST
            if legacy else f"it is not an ensemble-jax run directory (no {MANIFEST})")
     raise RunDirError(
-        f"{flag} {_shown(path)}: folder is not empty ({len(names)} "
+        f"{flag} {shown(path)}: folder is not empty ({len(names)} "
         f"{'entry' if len(names) == 1 else 'entries'}, e.g. "
         f"{', '.join(names[:3])}) and {why}; nothing was changed there; choose a new or "
         f"empty folder")

@@ -1,6 +1,8 @@
 """A subset sweep end to end: data -> plan -> trained ensemble -> run directory.
 
-The run directory is the contract between stages (see ARCHITECTURE.md):
+The run directory is the contract between stages (see ARCHITECTURE.md; `rundir` owns it):
+  ensemble-jax-run.json  the manifest, written first: marks the folder as ours; data
+                     fingerprint and the SHA-256 of every file below (`rundir`)
   config.json        everything needed to reproduce the run
   subsets.npy        int32 [M, n_train] subset plan (counts; 0/1 for in/out plans)
   data.npz           the training/test frames at training resolution + labels + letterbox
@@ -246,7 +248,7 @@ def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> No
         raise ValueError("--resume and --overwrite: choose one (continue the run there, or "
                          "move it aside and start a new one)")
     if resume and state in ("missing", "empty"):
-        raise ValueError(f"--resume: nothing to resume in {rundir._shown(out)} ("
+        raise ValueError(f"--resume: nothing to resume in {rundir.shown(out)} ("
                          f"{'no such folder' if state == 'missing' else 'the folder is empty'}"
                          f"); check --out, or drop --resume to start a new sweep")
     if state == "ours":
@@ -340,7 +342,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
                     f"{out}: holds an interrupted sweep with this configuration (checkpoints "
                     f"in {ckpt_dir}); continue it with --resume (resume=True), or "
                     f"--overwrite to move it aside and start over")
-            if has_ckpt or diff or not same_data or old is None:
+            if has_ckpt or diff or not same_data:
                 what = (f"settings that differ: {', '.join(diff)}" if diff else
                         "other training data" if not same_data else "its checkpoints")
                 raise ValueError(

@@ -179,10 +179,21 @@ def test_resume_refuses_other_data_naming_what_changed(tmp_path, monkeypatch):
     with pytest.raises(rundir.RunDirError, match=r"1 frame\(s\) added \(added_frame\)"):
         run_sweep(run, TINY, SMALL, TINY_TC, dataset=concatenate([data, extra]),
                   resume=True, **QUIET)
+    # a plain sweep of other settings over this interrupted run: refused, untouched
+    with pytest.raises(ValueError, match=r"holds an interrupted sweep \(settings that differ: "
+                                         r"train\.steps \(4 -> 6\)\); nothing was changed"):
+        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), dataset=data,
+                  **QUIET)
     assert snapshot(run) == before
     # the same data: resumed (from step 0: no checkpoint yet)
     with pytest.raises(_Stop):
         run_sweep(run, TINY, SMALL, TINY_TC, dataset=data, resume=True, **QUIET)
+    # --overwrite: the interrupted run is moved aside whole
+    with pytest.raises(_Stop):
+        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), dataset=data,
+                  overwrite=True, **QUIET)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and snapshot(aside[0]) == before
 
 
 def test_resume_with_nothing_to_resume_is_an_error(tmp_path, capsys):

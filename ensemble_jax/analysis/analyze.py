@@ -314,6 +314,7 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
     from ensemble_jax import rundir
+    rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
     from ensemble_jax.analysis.attribution import check_estimator, plan_of
     try:   # refuse an estimator that is not valid for the plan before any work
         check_estimator(plan_of(json.loads((run / "config.json").read_text())), estimator)
