@@ -189,6 +189,11 @@ class EnsembleTrainer:
             probe_steps += got["steps"]
             log(f"strategy probe {name:>11}: {m * tc.batch_size / got['step_s']:8.0f}"
                 f" img/s (compile {got['compile_s']:.1f} s)")
+        # A candidate that failed on any process is out everywhere (all run the same one).
+        for name, bad in zip(names, sharding.any_process([n in failed for n in names])):
+            if bad and name not in failed:
+                failed[name] = "failed on another process"
+                table.pop(name, None)
         if not table:
             raise strategies.NoStrategyError(
                 "strategy auto: every candidate failed (" + "; ".join(
