@@ -182,7 +182,7 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
                         lambda self, *a, **k: setups.append(original_setup(self, *a, **k))
                         or setups[-1])
     logs = []
-    tc = TrainConfig(steps=4, batch_size=4, chunk_size=2)
+    tc = TrainConfig(**W.REPEAT)     # the programs of test_deterministic_training_...
     res = EnsembleTrainer(TINY, tc).fit(data, masks, progress=False, log=logs.append)
     assert res.strategy == "sequential"
     skipped = [m for m in logs if m.startswith("strategy probe vmap_matmul")]
@@ -191,9 +191,8 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
     assert "skipped vmap_matmul" in logs[-1]
     assert np.isfinite(res.losses).all()
     # the same members as a run that never tried vmap_matmul
-    ref = EnsembleTrainer(TINY, TrainConfig(steps=4, batch_size=4, chunk_size=2,
-                                            strategy="sequential")).fit(data, masks,
-                                                                        progress=False)
+    ref = EnsembleTrainer(TINY, TrainConfig(**W.REPEAT, strategy="sequential")).fit(
+        data, masks, progress=False)
     np.testing.assert_array_equal(W.flat(res.params), W.flat(ref.params))
     # the cache says why vmap_matmul was skipped
     table = json.loads((tmp_path / "strategies.json").read_text())
@@ -213,8 +212,7 @@ def test_auto_with_every_candidate_failing_is_one_clear_error(tiny_data, monkeyp
     with pytest.raises(strategies.NoStrategyError,
                        match=r"every candidate failed \(vmap: JaxRuntimeError: RESOURCE_EXH"
                              r".*; vmap_matmul: .*\); lower --batch-size") as e:
-        EnsembleTrainer(TINY, TrainConfig(steps=4, batch_size=4)).fit(data, masks,
-                                                                      progress=False)
+        EnsembleTrainer(TINY, TrainConfig(**W.REPEAT)).fit(data, masks, progress=False)
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
     assert not (tmp_path / "strategies.json").exists()
 
