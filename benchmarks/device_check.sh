@@ -35,8 +35,8 @@ step() {  # step NAME SECONDS COMMAND...
   [ "$rc" -eq 0 ] || FAILED+=("$name")
 }
 
-# Limits (full run): 30 + 10 + 200 + 130 + 80 + 90 = 540 s.
-step environment 30 "${PY[@]}" benchmarks/env_check.py
+# Limits (full run): 40 + 10 + 190 + 130 + 80 + 90 = 540 s.
+step environment 40 "${PY[@]}" benchmarks/env_check.py
 if command -v nvidia-smi >/dev/null; then
   timeout 10 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
     | tee -a "$LOG"
@@ -50,14 +50,14 @@ peer() {  # the PyTorch peer, or a line saying why not
 }
 
 if [ -n "${QUICK:-}" ]; then
-  step throughput 300 "${PY[@]}" benchmarks/train_throughput.py --members 4 --steps 2 \
+  step throughput 400 "${PY[@]}" benchmarks/train_throughput.py --members 4 --steps 2 \
     --rounds 1 --no-headroom --out "$OUT/train_throughput.json"
   peer 200 "${PY[@]}" benchmarks/torch_peer.py --members 4 --steps 2 --rounds 1 \
     --jax-strategies sequential,vmap_matmul --out "$OUT/torch_peer.json"
   step kernels 200 "${PY[@]}" benchmarks/kernels.py --quick --out "$OUT/kernels.json"
   step precision 200 "${PY[@]}" benchmarks/precision.py --quick --out "$OUT/precision.json"
 else
-  step throughput 200 "${PY[@]}" benchmarks/train_throughput.py --members 16,64 \
+  step throughput 190 "${PY[@]}" benchmarks/train_throughput.py --members 16,64 \
     --strategies sequential,unrolled,vmap,vmap_matmul --steps 10 --rounds 3 \
     --out "$OUT/train_throughput.json"
   peer 130 "${PY[@]}" benchmarks/torch_peer.py --members 64 --steps 10 --rounds 3 \

@@ -26,6 +26,8 @@ from ensemble_jax.training import backend, sharding, strategies  # noqa: E402
 # The smallest network with every part of the real one (encoder stage, skip, head).
 TINY = ModelConfig(widths=(4,), head_width=4, output_stride=2)
 STRATEGIES = ("sequential", "unrolled", "vmap", "vmap_matmul")
+# Small fits on the CPU path (tests/test_accelerator_paths.py shares their programs).
+REPEAT = {"steps": 4, "batch_size": 8, "chunk_size": 4}
 RUN = 6    # steps run of the 400 of the default schedule: one chunk shorter than a program
 
 compiles: collections.Counter = collections.Counter()
@@ -112,8 +114,7 @@ def repeatability() -> dict:
     masks = random_subsets(data.n_frames, 2, 0.5, seed=2)
     runs = {}
     for det in (True, False):
-        tc = TrainConfig(steps=4, batch_size=8, chunk_size=4, strategy="sequential",
-                         deterministic=det)
+        tc = TrainConfig(**REPEAT, strategy="sequential", deterministic=det)
         runs[det] = [EnsembleTrainer(TINY, tc).fit(data, masks, progress=False)
                      for _ in range(2)]
 

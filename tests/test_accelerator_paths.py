@@ -136,7 +136,7 @@ def test_probe_budget_at_the_defaults():
     tc = TrainConfig()
     n = len(strategies.candidates("gpu", 16))
     timed = strategies.timed_probe_steps(tc.steps, n)
-    worst = n * (1 + timed) + n * timed          # every candidate retimed
+    worst = 2 * n * (1 + timed)                  # every candidate measured twice
     assert timed == 3 and worst <= 0.1 * tc.steps
     assert strategies.timed_probe_steps(60, 4) == 1   # a short run: as little as can be
 
@@ -152,21 +152,21 @@ OOM = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.31GiB."
 
 
 def _failing_build(monkeypatch, failing, when):
-    """VmapRunner._build raises (when='build') or returns a program that raises when
-    run (when='run') for the strategies in `failing`."""
-    original = strategies.VmapRunner._build
+    """The runners of the strategies in `failing` raise when their program is built
+    (when='build') or when it runs (when='run'); the others are untouched (and keep the
+    programs they compiled before)."""
+    original = strategies.ChunkRunner._program
 
-    def build(self, length):
+    def program(self, length):
         if self.name in failing:
             if when == "build":
                 raise jax.errors.JaxRuntimeError(OOM)
 
-            def program(*args):
+            def run(*args):
                 raise jax.errors.JaxRuntimeError(OOM + "\n" + "allocator detail\n" * 50)
-            return program
+            return run
         return original(self, length)
-    monkeypatch.setattr(strategies.VmapRunner, "_build", build)
-    trainer_mod._runner.cache_clear()      # no runner that compiled before the patch
+    monkeypatch.setattr(strategies.ChunkRunner, "_program", program)
 
 
 @pytest.mark.parametrize("when", ["build", "run"])
@@ -182,7 +182,7 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
                         lambda self, *a, **k: setups.append(original_setup(self, *a, **k))
                         or setups[-1])
     logs = []
-    tc = TrainConfig(steps=4, batch_size=4, chunk_size=2)
+    tc = TrainConfig(**W.REPEAT)     # the programs of test_deterministic_training_...
     res = EnsembleTrainer(TINY, tc).fit(data, masks, progress=False, log=logs.append)
     assert res.strategy == "sequential"
     skipped = [m for m in logs if m.startswith("strategy probe vmap_matmul")]
@@ -191,9 +191,8 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
     assert "skipped vmap_matmul" in logs[-1]
     assert np.isfinite(res.losses).all()
     # the same members as a run that never tried vmap_matmul
-    ref = EnsembleTrainer(TINY, TrainConfig(steps=4, batch_size=4, chunk_size=2,
-                                            strategy="sequential")).fit(data, masks,
-                                                                        progress=False)
+    ref = EnsembleTrainer(TINY, TrainConfig(**W.REPEAT, strategy="sequential")).fit(
+        data, masks, progress=False)
     np.testing.assert_array_equal(W.flat(res.params), W.flat(ref.params))
     # the cache says why vmap_matmul was skipped
     table = json.loads((tmp_path / "strategies.json").read_text())
@@ -213,8 +212,7 @@ def test_auto_with_every_candidate_failing_is_one_clear_error(tiny_data, monkeyp
     with pytest.raises(strategies.NoStrategyError,
                        match=r"every candidate failed \(vmap: JaxRuntimeError: RESOURCE_EXH"
                              r".*; vmap_matmul: .*\); lower --batch-size") as e:
-        EnsembleTrainer(TINY, TrainConfig(steps=4, batch_size=4)).fit(data, masks,
-                                                                      progress=False)
+        EnsembleTrainer(TINY, TrainConfig(**W.REPEAT)).fit(data, masks, progress=False)
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
     assert not (tmp_path / "strategies.json").exists()
 
@@ -263,6 +261,7 @@ def test_restore_that_is_not_damage_deletes_nothing(tmp_path, monkeypatch, exc, 
     assert not any("deleted" in m for m in logs)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax, late
 def test_restore_of_damaged_files_falls_back_and_deletes_them(tmp_path):
     c = _two_steps(tmp_path / "ck")
     data_files = [p for p in (tmp_path / "ck" / "2").rglob("*")

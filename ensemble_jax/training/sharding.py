@@ -81,6 +81,16 @@ def agree(value: int) -> int:
     return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
+def any_process(flags: Sequence[bool]) -> list[bool]:
+    """Element-wise OR of `flags` over every process (e.g. strategies that failed on
+    some process: none of them may be chosen)."""
+    if jax.process_count() == 1:
+        return [bool(f) for f in flags]
+    from jax.experimental import multihost_utils
+    got = np.asarray(multihost_utils.process_allgather(np.asarray(flags, np.int32)))
+    return [bool(x) for x in got.reshape(jax.process_count(), -1).max(0)]
+
+
 # --------------------------------------------------------------------------- mesh
 def make_mesh(devices_per_process: int | None = None,
               devices: Sequence[Any] | None = None) -> Mesh:

@@ -71,7 +71,7 @@ def fit_staged(trainer: EnsembleTrainer, dataset: KeypointDataset,
                                         subset_size=jnp.asarray(size)))
     setup_s = time.perf_counter() - t_setup
 
-    states = s.states
+    states, s.states = s.states, None     # no extra copy of the states while training
     losses = np.full((tc.steps, m), np.nan, np.float32)
     bounds = starts + [tc.steps]
     bar = _progress(tc.steps, m, 0, progress)

@@ -19,7 +19,7 @@ serves every chunk length; on CPU one straight-line step, see
 `default_steps_per_program`), enqueued without host syncs; `auto`'s probe runs the very
 programs the training then reuses and never compiles one twice.
 `auto` times a few steps of each candidate on the current backend (the close contenders
-twice, best timing counts; ~7% of the training steps at the defaults), skips a candidate
+twice, best timing counts; at most 8% of the training steps at the defaults), skips a candidate
 that fails to build, compile or run (out of memory, say) with a one-line reason, and
 caches the winner per backend and shapes in ~/.cache/ensemble_jax/strategies.json.
 """
@@ -309,9 +309,9 @@ def measure(runner: ChunkRunner, states, inputs, images, keypoints, *, probe_ste
 
 
 def timed_probe_steps(train_steps: int, n_candidates: int, most: int = 3) -> int:
-    """Timed steps per candidate so that the whole probe (1 warm-up + timed steps each,
-    the close contenders timed twice) stays within ~10% of `train_steps`: 3 at the
-    defaults (400 steps, 4 candidates: at most 28 probe steps, 7%); 1 for short runs,
-    where no probe can be a small share."""
+    """Timed steps per candidate so that the whole probe (1 warm-up + the timed steps per
+    measurement; the close contenders measured twice) stays within 10% of `train_steps`:
+    3 at the defaults (400 steps, 4 candidates: at most 4 x 2 x (1 + 3) = 32 probe steps,
+    8%); 1 for short runs, where no probe can be a small share."""
     per = (train_steps // 10) // max(1, n_candidates)
-    return int(max(1, min(most, (per - 1) // 2)))
+    return int(max(1, min(most, per // 2 - 1)))

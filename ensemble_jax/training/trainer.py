@@ -97,8 +97,9 @@ class EnsembleTrainer:
         index, sizes = subset_index(counts)
         # One compiled single-member init, called per member (its compile is slow on CPU
         # and would otherwise recur for every ensemble size); values equal a vmapped init.
-        init_one = _init_fn(mc, _step_key(tc), (h, w, dataset.images.shape[3]),
-                            dataset.n_frames, dataset.n_keypoints)
+        init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
+                            (h, w, dataset.images.shape[3]), dataset.n_frames,
+                            dataset.n_keypoints)   # (the init has no matmul to make exact)
         imgs = dataset.images if images is None else images
         m = int(counts.shape[0])
         if mesh is not None:
@@ -189,6 +190,11 @@ class EnsembleTrainer:
             probe_steps += got["steps"]
             log(f"strategy probe {name:>11}: {m * tc.batch_size / got['step_s']:8.0f}"
                 f" img/s (compile {got['compile_s']:.1f} s)")
+        # A candidate that failed on any process is out everywhere (all run the same one).
+        for name, bad in zip(names, sharding.any_process([n in failed for n in names])):
+            if bad and name not in failed:
+                failed[name] = "failed on another process"
+                table.pop(name, None)
         if not table:
             raise strategies.NoStrategyError(
                 "strategy auto: every candidate failed (" + "; ".join(
