@@ -19,7 +19,7 @@ try:
 except ImportError:  # tests/ became a package
     from tests import numpy_twins as tw
 
-SETTINGS = settings(max_examples=12, deadline=None, database=None, derandomize=True)
+SETTINGS = settings(max_examples=10, deadline=None, database=None, derandomize=True)
 close = lambda a, b, **kw: np.testing.assert_allclose(np.asarray(a, np.float64), b, **kw)
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
