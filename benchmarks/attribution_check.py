@@ -29,7 +29,6 @@ Writes JSON (`--out`), a table on stdout and `<out>.png` (LDS against members).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
