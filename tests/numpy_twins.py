@@ -320,7 +320,7 @@ def stratified_influence(masks, values, strata=None, n_strata=1):
                 a = masks[g, i]
                 N, c_in = len(y), int(a.sum())
                 c_out = N - c_in
-                if N < 3 or c_in == 0 or c_out == 0:
+                if N < 2 or c_in == 0 or c_out == 0:
                     continue
                 tau2 = y.var(ddof=1)
                 if not tau2 > 0:
@@ -330,8 +330,8 @@ def stratified_influence(masks, values, strata=None, n_strata=1):
                 h = c_in * c_out / N
                 ds.append(yi.mean() - yo.mean())
                 ws.append(h / tau2)
-                vs.append(ss / (N - 2) / h)
-                dfs.append(N - 2)
+                vs.append((ss / (N - 2) if N >= 3 else tau2) / h)
+                dfs.append(N - 2 if N >= 3 else 1)
             if not ws:
                 continue
             lam = np.array(ws) / sum(ws)

@@ -79,7 +79,6 @@ MPE_TEMPERATURE = 1.0     # logits; softmax over the peaks' logits as they are
 MPE_MODES = {"softmax": ("logits", -np.inf, "softmax"), "sum": ("sigmoid", 0.1, "sum")}
 MPE_THRESHOLD = 0.1       # the "sum" form's peak threshold (sigmoid scale)
 MPE_NORMALIZE = "softmax"
-DATAMODEL_L2 = 1.0
 TOP = 10
 
 
@@ -243,25 +242,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 def _f(x) -> float | None:
     x = float(x)
     return x if np.isfinite(x) else None
-
-
-def _top_pairs(effect, stderr, train_ids, test_ids, n, largest: bool) -> list[dict]:
-    e = np.where(np.isfinite(effect), effect, np.nan)
-    flat = e.ravel()
-    ok = np.flatnonzero(np.isfinite(flat))
-    if not ok.size:
-        return []
-    order = ok[np.argsort(flat[ok], kind="stable")]
-    order = order[::-1] if largest else order
-    out = []
-    for idx in order[:n]:
-        i, t = np.unravel_index(idx, e.shape)
-        if (flat[idx] > 0) != largest or flat[idx] == 0:
-            break
-        out.append({"train_frame": train_ids[i], "test_frame": test_ids[t],
-                    "train_index": int(i), "test_index": int(t),
-                    "effect": _f(effect[i, t]), "stderr": _f(stderr[i, t])})
-    return out
 
 
 def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list[dict]:

@@ -395,6 +395,12 @@ def _lds(arrays, dms, masks, config, val_members, v_idx, v_te, effect_est, plan,
                         "subset fraction, to score the estimators' LDS)"}
     Xv = masks[val_members] > 0
     vstrata, vS, _ = strata_of(config, val_members)
+    per_stratum = np.bincount(vstrata, minlength=vS)
+    if per_stratum.max() < 3:
+        return {"n_validation_members": int(val_members.size),
+                "note": f"{val_members.size} held-out members, fewer than 3 in every subset "
+                        f"fraction: LDS (a rank correlation within a fraction) is undefined; "
+                        f"use --validation-members >= {3 * vS}"}
     out: dict[str, Any] = {"n_validation_members": int(val_members.size),
                            "definition": "per test frame, Spearman correlation across "
                            "validation members between predicted (sum of the estimator's "

@@ -17,9 +17,11 @@ fraction (a *stratum*) and the strata combined:
         w_s   = h_s / tau_s^2,  tau_s^2 = the stratum's total variance of t (ddof 1; it does
                 not depend on i, so the weights are the same under any relabelling of
                 members within the stratum, which keeps the permutation null exact)
-      effect = sum_s w_s d_s / sum_s w_s                (strata with c_in, c_out >= 1, N >= 3)
+      effect = sum_s w_s d_s / sum_s w_s                (strata with c_in, c_out >= 1)
+      (a stratum of 2 members, one per side, uses tau_s^2 for v_s, with 1 degree of freedom)
       stderr^2 = sum_s lambda_s^2 v_s / h_s,  lambda_s = w_s / sum w
-      df     = Welch-Satterthwaite: (sum_s u_s)^2 / sum_s u_s^2 / (N_s - 2), u_s = lambda_s^2 v_s / h_s
+      df     = Welch-Satterthwaite: (sum_s u_s)^2 / sum_s (u_s^2 / df_s), u_s = lambda_s^2 v_s / h_s,
+               df_s = N_s - 2
     With one stratum this is the two-sample t statistic (pooled variance, df = N - 2).
 
     p-values: two-sided t(df) where every group is large enough (`SMALL_GROUP` members on each
@@ -95,15 +97,19 @@ def _stratified(masks, values, strata, *, n_strata):
         c_out = Ns - c_in
         s_out = -s_in                                  # stratum sum of centred x is 0
         q_out = tot_q[s][None, :] - q_in
-        ok = (c_in > 0) & (c_out > 0) & (Ns >= 3) & (tau2[s][None, :] > 0)
+        ok = (c_in > 0) & (c_out > 0) & (Ns >= 2) & (tau2[s][None, :] > 0)
         cin, cout = jnp.maximum(c_in, 1.0), jnp.maximum(c_out, 1.0)
         d = s_in / cin - s_out / cout
         ss = (q_in - s_in * s_in / cin) + (q_out - s_out * s_out / cout)
-        v = jnp.maximum(ss, 0.0) / jnp.maximum(Ns - 2.0, 1.0)
+        # Two members (one per side): no within-group variance; the stratum's total
+        # variance (df 1) stands in for it.
+        pooled = Ns >= 3
+        v = jnp.where(pooled, jnp.maximum(ss, 0.0) / jnp.maximum(Ns - 2.0, 1.0),
+                      tau2[s][None, :])
         h = cin * cout / jnp.maximum(Ns, 1.0)
         w = jnp.where(ok, h / jnp.where(tau2[s] > 0, tau2[s], 1.0)[None, :], 0.0)
         return (jnp.where(ok, d, 0.0), jnp.where(ok, v / h, 0.0), w,
-                jnp.where(ok, Ns - 2.0, 1.0))
+                jnp.where(ok & pooled, Ns - 2.0, 1.0))
 
     d, var_d, w, dfs = lax.map(one, jnp.arange(n_strata))                     # [S, n, T]
     W = w.sum(0)
@@ -146,7 +152,7 @@ def stratified_influence(masks: jnp.ndarray, values: jnp.ndarray,
 
     Returns:
       `Stratified(effect [n, T], stderr [n, T], df [n, T], n_in [n], n_out [n])`; NaN where
-      no stratum has both groups (or fewer than 3 members).
+      no stratum has both groups.
     """
     strata = _check(masks, values, strata)
     return _stratified(masks, values, strata, n_strata=int(n_strata))
