@@ -36,6 +36,7 @@ from ensemble_jax.training.config import STRATEGIES  # noqa: E402
 from ensemble_jax.models.heatmap_net import ModelConfig  # noqa: E402
 from ensemble_jax.sweep import SweepConfig, run_sweep  # noqa: E402
 from ensemble_jax.training.config import TrainConfig  # noqa: E402
+from ensemble_jax.training.augment import AugmentConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / \
     "openfield-Pranav-2018-10-30"
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--swap-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    p.add_argument("--augment", choices=["off", "augmented", "clean"], default="off",
+                   help="train with on-device augmentation, AUM margins on the augmented "
+                        "batch or on the clean frames (training/augment.py)")
     p.add_argument("--out", default="benchmarks/out/aum_openfield.json")
     p.add_argument("--run-dir", default=None,
                    help="keep the run directory here (default: a temporary folder)")
@@ -94,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     model = ModelConfig(widths=(16, 32, 64), head_width=32, output_stride=args.stride)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=3e-3,
                         aum_radius=args.radius, chunk_size=100, seed=args.seed,
-                        strategy=args.strategy)
+                        strategy=args.strategy,
+                        augment=AugmentConfig(enabled=args.augment != "off",
+                                              aum_view="clean" if args.augment == "clean"
+                                              else "augmented"))
     with tempfile.TemporaryDirectory() as tmp:
         if args.run_dir:
             tmp = args.run_dir
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     eio.write_json(args.out, {"device": jax.devices()[0].device_kind,
                               "backend": jax.default_backend(), "jax": jax.__version__,
                               "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
-                              "quick": args.quick, "result": row})
+                              "quick": args.quick, "augment": args.augment, "result": row})
     print(f"wrote {args.out}")
     return 0
 

@@ -27,6 +27,12 @@ a small CPU the bound can be well under C.
     python benchmarks/train_throughput.py                       # N = 1, 4, 16, 32, 64
     python benchmarks/train_throughput.py --members 16 --groups 4,8,16 --steps 10
     python benchmarks/train_throughput.py --quick               # N = 1, 4; seconds
+
+Augmentation's share of the step (`--augment-share`): the same members and strategy timed
+with on-device augmentation (training/augment.py, the real-data default) and without, in
+interleaved rounds; share = 1 - (step time without) / (step time with).
+
+    python benchmarks/train_throughput.py --augment-share --members 4 --image-size 128
 """
 from __future__ import annotations
 
@@ -69,13 +75,16 @@ def member_step_flops(setup) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def build(n: int, args, mesh=None):
+def build(n: int, args, mesh=None, augment: bool = False):
     import numpy as np
     from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
     from ensemble_jax.subsets import random_subsets
+    from ensemble_jax.training.augment import AugmentConfig
     from ensemble_jax.training.trainer import EnsembleTrainer
     data = synthetic_dataset(256, image_size=args.image_size, seed=0)
-    trainer = EnsembleTrainer(ModelConfig(), TrainConfig(batch_size=args.batch_size, steps=1000))
+    mc = ModelConfig(encoder=getattr(args, "model", "small"))
+    trainer = EnsembleTrainer(mc, TrainConfig(batch_size=args.batch_size, steps=1000,
+                                              augment=AugmentConfig(enabled=augment)))
     masks = random_subsets(data.n_frames, n, 0.5, seed=0, allow_duplicates=True)
     return trainer, trainer.setup(data, masks.astype(np.int32), np.arange(n), np.ones(n),
                                   mesh=mesh)
@@ -103,6 +112,47 @@ def one_core_worker(args) -> None:
     print(4 * args.batch_size / best)
 
 
+def augment_share(args) -> None:
+    """Step time with and without augmentation, same members and strategy, interleaved."""
+    import jax
+    from ensemble_jax import io as eio
+    from ensemble_jax.training import strategies
+    backend = jax.default_backend()
+    spp = strategies.default_steps_per_program(backend, 50)
+    name = args.strategies.split(",")[0]
+    rows = []
+    for n in [int(x) for x in args.members.split(",")]:
+        cols = {}
+        for aug in (False, True):
+            trainer, s = build(n, args, augment=aug)
+            runner = strategies.make_runner(name, trainer._step_for(s, name), spp, n, 4)
+            t0 = time.perf_counter()
+            jax.block_until_ready(runner(s.states, s.inputs, s.images, s.keypoints, 0, spp)[0])
+            cols[aug] = (runner, s, [], time.perf_counter() - t0)
+        for _ in range(args.rounds):
+            for aug, (runner, s, times, _) in cols.items():
+                t0 = time.perf_counter()
+                out, _ = runner(s.states, s.inputs, s.images, s.keypoints, spp, args.steps)
+                jax.block_until_ready(out)
+                times.append((time.perf_counter() - t0) / args.steps)
+        off, on = min(cols[False][2]), min(cols[True][2])
+        row = {"members": n, "strategy": name, "step_s_off": off, "step_s_on": on,
+               "rounds_off": cols[False][2], "rounds_on": cols[True][2],
+               "augment_share": 1 - off / on}
+        rows.append(row)
+        print(f"N={n:3d} {name}: {n * args.batch_size / off:7.1f} img/s without, "
+              f"{n * args.batch_size / on:7.1f} img/s with augmentation: share of the step "
+              f"{100 * row['augment_share']:.1f}% (best of {args.rounds} rounds; rounds off "
+              f"{', '.join(f'{t * 1e3:.0f}' for t in cols[False][2])} ms, on "
+              f"{', '.join(f'{t * 1e3:.0f}' for t in cols[True][2])} ms)", flush=True)
+    out = Path(args.out).with_name("augment_share.json")
+    eio.write_json(out, {"benchmark": "augment_share", "date": time.strftime("%Y-%m-%d"),
+                         "device": jax.devices()[0].device_kind, "backend": backend,
+                         "model": args.model, "image_size": args.image_size,
+                         "batch_size": args.batch_size, "steps": args.steps, "rows": rows})
+    print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,9 +171,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="benchmarks/out/train_throughput.json")
     p.add_argument("--one-core-worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--augment-share", action="store_true",
+                   help="time the first of --strategies with and without augmentation")
+    p.add_argument("--model", choices=["small", "resnet"], default="small")
     args = p.parse_args()
     if args.one_core_worker:
         return one_core_worker(args)
+    if args.augment_share:
+        return augment_share(args)
     # The trainer's 'auto' must measure here, not read a choice cached by earlier runs.
     os.environ["ENSEMBLE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ensemble_jax_bench_")
     from ensemble_jax.training.cpu_cores import use_cpu_cores

@@ -141,10 +141,8 @@ def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
     alone = EnsembleTrainer(SMALL, seq).fit(data, masks[1:2], member_ids=np.array([1]),
                                             progress=False)
     np.testing.assert_array_equal(flat(alone.params), flat(full.member_params(1)))
-    # Augmentation changes the trajectory: it is really on.
-    off = EnsembleTrainer(SMALL, dataclasses.replace(seq, augment=A.AugmentConfig())).fit(
-        data, masks[1:2], member_ids=np.array([1]), progress=False)
-    assert not np.array_equal(flat(off.params), flat(alone.params))
+    # That augmentation is really applied in the step is shown by the image-level tests
+    # above; a third compiled fit here would double this test's time on CI.
 
 
 def test_command_line_defaults_augment_real_data_only():

@@ -129,3 +129,19 @@ def test_bad_weights_files_are_refused(tmp_path):
     with pytest.raises(WeightsError, match="shape"):
         merge_encoder(params, ModelConfig(encoder="resnet", resnet_width=8,
                                           init_weights=str(other)))
+
+
+def test_matmul_form_is_the_same_function():
+    """'vmap_matmul' trains the ResNet with its convolutions as matrix products: same
+    parameters, same outputs (up to float rounding), input size divisible by 32."""
+    x = jnp.asarray(np.random.default_rng(1).integers(0, 255, (2, 64, 32, 1)), jnp.uint8)
+    mc = ModelConfig(encoder="resnet", resnet_width=4, head_width=8)
+    assert mc.input_multiple == 32
+    params = HeatmapNet(mc, 3).init(jax.random.key(0), x)
+    a = HeatmapNet(mc, 3).apply(params, x)
+    b = HeatmapNet(ModelConfig(encoder="resnet", resnet_width=4, head_width=8,
+                               conv_impl="matmul"), 3).apply(params, x)
+    assert a.shape == (2, 3, 16, 8)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="resnet_depth"):
+        ModelConfig(encoder="resnet", resnet_depth=50)

@@ -21,8 +21,6 @@ with ImageNet's mean and std. Output: the stage features by stride {2, 4, 8, 16,
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -142,7 +140,3 @@ class ResNetEncoder(nn.Module):
             stride = 4 * 2 ** i
             feats[stride] = x
         return feats
-
-
-def stage_widths(width: int) -> Sequence[int]:
-    return tuple(width * 2 ** i for i in range(4))
