@@ -145,7 +145,7 @@ def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
     # above; a third compiled fit here would double this test's time on CI.
 
 
-def test_command_line_defaults_augment_real_data_only():
+def test_command_line_defaults_augment_opt_in():
     from ensemble_jax import cli
     parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "x", *a]))
     _, model, train = parse()
@@ -153,10 +153,15 @@ def test_command_line_defaults_augment_real_data_only():
     _, model, train = parse("--data", "somewhere", "--flip-pairs", "leftear:rightear",
                             "--model", "resnet", "--resnet-depth", "34")
     assert train.augment.enabled and train.augment.flip_pairs == (("leftear", "rightear"),)
-    assert train.epochs == 200 and train.schedule == "warmup_cosine"
+    assert train.epochs is None and train.schedule == "cosine"     # as given: opt-in
     assert model.encoder == "resnet" and model.resnet_depth == 34
     _, _, train = parse("--data", "somewhere", "--no-augment", "--steps", "50")
     assert not train.augment.enabled and train.epochs is None and train.steps == 50
+    _, _, train = parse("--data", "somewhere")
+    assert not train.augment.enabled and train.epochs is None
+    _, _, train = parse("--data", "somewhere", "--augment", "--epochs", "200",
+                        "--schedule", "warmup_cosine")
+    assert train.augment.enabled and train.epochs == 200 and train.schedule == "warmup_cosine"
     assert cli.main(["sweep", "--out", "x", "--steps", "5", "--epochs", "3"]) == 2
     assert cli.main(["sweep", "--out", "x", "--flip-pairs", "leftear"]) == 2
 
