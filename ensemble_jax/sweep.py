@@ -273,22 +273,29 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     guards.check_labels(data)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
     guards.check_test_labels(test, cfg.test_fraction)
+    # Settings chosen from the data are printed once the resources are checked, so a
+    # refusal stays the one line after the data line.
+    chosen: list[str] = []
     # Steps from epochs, warm-up, flip pairs as indices; encoder weights checked early.
     from ensemble_jax.training.real_data import resolve_train_config
-    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts, log)
+    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts,
+                                     chosen.append)
     if model_cfg.init_weights:
         from ensemble_jax.models.pretrained import load_encoder
         load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
         f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
-    model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train, log)
+    model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train,
+                                              chosen.append)
     # AUM threshold samples: labels moved to a wrong place on purpose (analysis/threshold.py).
     kp, threshold_mask = make_threshold_samples(cfg, train)
     train = dataclasses.replace(train, keypoints=kp)
     guards.check_image_size(model_cfg, train)
     n_members = guards.planned_members(cfg, train.n_frames)
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
+    for line in chosen:
+        log(line)
     masks, layout = make_plan(cfg, train.n_frames)
     warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask, log)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),

@@ -116,8 +116,9 @@ def test_validation_members_from_the_same_plan():
 
 def test_cli_refuses_unstratified_estimator_on_nested_run(tmp_path, capsys):
     """Refused from config.json alone, before anything is loaded: exit 2, one line."""
+    from ensemble_jax import rundir
     run = tmp_path / "run"
-    run.mkdir()
+    rundir.RunDir(run).create()          # a run directory of this tool (its manifest)
     for name in ("subsets.npy", "data.npz", "params.msgpack", "training.npz", "summary.json"):
         (run / name).write_bytes(b"")
     (run / "config.json").write_text(json.dumps({"sweep": {"plan": "nested"}}))

@@ -297,7 +297,7 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
     from ensemble_jax.analysis.attribution import check_estimator, plan_of
     try:   # refuse an estimator that is not valid for the plan before any work
-        check_estimator(plan_of(json.loads((run / "config.json").read_text())), estimator)
+        check_estimator(plan_of(rundir.load_json(run / "config.json")), estimator)
     except ValueError as e:
         raise ValueError(f"{run}: {e}") from None
     with runlock.locked(run, "analyze", warn=log):
