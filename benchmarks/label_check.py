@@ -139,8 +139,7 @@ def _score(run: Path, planted_ids: set[str]) -> dict:
         .to_dict(),
         "cut": analysis["suspects"]["cut"], "rule": analysis["suspects"]["rule"],
         "threshold_frames": analysis["suspects"].get("threshold_frames"),
-        "image_size": config["sweep"]["image_size"] if config["sweep"]["image_size"] != "auto"
-        else config["auto"]["image_size"]["value"],
+        "image_size": int(np.load(run / "data.npz")["train_images"].shape[1]),
         "output_stride": config["model"]["output_stride"],
         "aum_radius": config["train"]["aum_radius"], "auto": config.get("auto"),
         "spearman": {k: v.get("rho") for k, v in unc.get("scores", {}).items()},
@@ -154,7 +153,7 @@ def _score(run: Path, planted_ids: set[str]) -> dict:
 
 
 def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Path,
-             keep: bool, strategy: str | None = None) -> dict:
+             keep: bool, strategy: str | None = None, reuse: bool = False) -> dict:
     log = work / f"{case}-{seed}.log"
     run = work / f"{case}-{seed}-run"
     common = ["--plan", "random", "--members", "4", "--steps", str(steps), "--quiet"]
@@ -165,8 +164,9 @@ def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Pat
     t0 = time.perf_counter()
     if case == "synthetic":
         from ensemble_jax.data.synthetic import synthetic_frame
-        t_sweep = _cli("sweep", "--out", str(run), "--noise-rate", "0.1", "--seed", str(seed),
-                       *common, log=log)
+        t_sweep = 0.0 if reuse and (run / "summary.json").exists() else _cli(
+            "sweep", "--out", str(run), "--noise-rate", "0.1", "--seed", str(seed), *common,
+            log=log)
         t_an = _cli("analyze", str(run), "--quiet", log=log)
         row, sus, bad = _score(run, set())
         z = np.load(run / "data.npz")
@@ -193,7 +193,8 @@ def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Pat
             differ = ~np.isclose(new.keypoints, old.keypoints, equal_nan=True).all((1, 2))
             planted = {f for f, d in zip(new.frame_ids, differ) if d}
             assert len(planted) == len(info["rows"]), (len(planted), len(info["rows"]))
-            t_sweep = _cli("sweep", "--data", str(data), "--out", str(run), *common, log=log)
+            t_sweep = 0.0 if reuse and (run / "summary.json").exists() else _cli(
+                "sweep", "--data", str(data), "--out", str(run), *common, log=log)
             t_an = _cli("analyze", str(run), "--quiet", log=log)
         row, sus, bad = _score(run, planted)
         row["pair"] = list(info["pair"])
@@ -215,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy", default=None,
                    help="passed to the sweep (speed only: every strategy trains the same "
                         "function; default: the sweep's auto, which times them first)")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --work: keep a finished sweep found there, run analyze again")
     p.add_argument("--quick", action="store_true", help="synthetic, 1 seed, 40 steps")
     p.add_argument("--work", default=None, help="keep the run directories here")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/out/label_check_"
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'test px':>8} {'wall s':>7}", flush=True)
     for seed in seeds:
         r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work),
-                     strategy=args.strategy)
+                     strategy=args.strategy, reuse=args.reuse)
         rows.append(r)
         sp = r["spearman"]
         print(f"{seed:>4} {r['image_size']:>5} {r['output_stride']:>6} {r['aum_radius']:>6} "

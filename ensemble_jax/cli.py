@@ -228,7 +228,7 @@ def sweep_configs(args: argparse.Namespace):
     # Data-driven defaults (data/auto_size.py), recorded in config.json under "auto".
     sweep = dataclasses.replace(
         sweep, image_size=sweep.image_size or ("auto" if sweep.data is not None else None),
-        output_stride=args.output_stride or "auto",
+        output_stride=args.output_stride if args.output_stride is not None else "auto",
         aum_radius=args.aum_radius if args.aum_radius is not None else "auto",
         threshold_kinds=args.threshold_kinds,
         threshold_fraction=args.threshold_fraction if args.threshold_fraction is not None

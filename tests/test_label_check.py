@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -250,7 +251,7 @@ def test_cli_defaults_recorded_and_suspects_written(run_dir, capsys):
     u = analysis["uncertainty_vs_error"]
     assert set(u["scores"]) == {"mpe_mean", "mpe_max", "spread_mean", "spread_max",
                                 "unrepresentativeness"}
-    assert u["n_frames"] == 12
+    assert 0 < u["n_frames"] <= 12          # test frames with a clean label
     assert analysis["mpe"]["settings"]["normalize"] == "softmax"
     mpe = pd.read_csv(run_dir / "mpe.csv")
     assert mpe.mpe_mean.nunique() > 0.9 * len(mpe)          # softmax MPE: not degenerate
@@ -268,3 +269,40 @@ def test_report_of_a_run_embeds_every_figure(run_dir):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
     for heading in ("Suspect frames", "AUM", "Uncertainty against error", "Learning"):
         assert heading in page
+
+
+@pytest.mark.slow
+def test_sweep_without_image_size_on_odd_coco_and_tfds_frames(tmp_path, write_png):
+    """`sweep --data` with no --image-size trains on frames of odd sizes: a COCO project
+    (61x45, 37x50, 55x55 ... -> 64 px) and a TFDS build stored at 45x61 (-> 64 px)."""
+    from ensemble_jax.data.dataset import KeypointDataset
+    from ensemble_jax.data.tfds_io import write_tfds
+    rng = np.random.default_rng(0)
+    sizes = [(61, 45), (37, 50), (55, 55), (43, 39)] * 4
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes):
+        name = f"f{i}.png"
+        write_png(tmp_path / "images" / name, rng.integers(0, 255, (h, w, 3), np.uint8))
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        pts = rng.uniform(3, min(w, h) - 3, (3, 2))
+        anns.append({"id": 100 + i, "image_id": i + 1, "category_id": 1,
+                     "keypoints": [float(v) for p in pts for v in (*p, 2)]})
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": images, "annotations": anns,
+        "categories": [{"id": 1, "name": "m", "keypoints": ["a", "left_x", "right_x"]}]}))
+    n = 16
+    ds = KeypointDataset(
+        images=rng.integers(0, 255, (n, 45, 61, 3), np.uint8),
+        keypoints=rng.uniform(3, 40, (n, 3, 2)).astype(np.float32), bodyparts=["a", "b", "c"],
+        frame_ids=[f"f{i}" for i in range(n)], letterbox=np.tile([1.0, 0, 0], (n, 1))
+        .astype(np.float32), original_sizes=np.tile([61, 45], (n, 1)).astype(np.int32))
+    tfds_dir = write_tfds(ds, tmp_path / "tfds", name="odd")
+    for data in (tmp_path / "ann.json", tfds_dir):
+        out = tmp_path / f"run_{Path(data).stem}"
+        assert cli.main(["sweep", "--smoke", "--data", str(data), "--out", str(out),
+                         "--quiet", "--cpu-devices", "1", "--strategy", "sequential",
+                         "--test-fraction", "0.25"]) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["auto"]["image_size"]["value"] == 64
+        z = np.load(out / "data.npz")
+        assert z["train_images"].shape[1:3] == (64, 64)

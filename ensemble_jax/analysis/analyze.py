@@ -501,13 +501,18 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
 
     # ---------------- uncertainty vs the ensemble's test error (analysis/uncertainty.py)
     t_cons = consensus(out_te["keypoints"], out_te["confidences"])
-    t_err = unc.frame_error(test.to_original(t_cons), test.original_keypoints())
+    t_lab = test.original_keypoints()
+    if test.noise_mask is not None:   # a label known to be wrong measures no model error
+        t_lab = np.where(np.asarray(test.noise_mask, bool)[..., None], np.nan, t_lab)
+    t_err = unc.frame_error(test.to_original(t_cons), t_lab)
     te = slice(n, None)
     unc_info = unc.uncertainty_vs_error(
         {"mpe_mean": mpe_mean[te], "mpe_max": mpe_max[te], "spread_mean": spread_mean[te],
          "spread_max": spread_max[te], "unrepresentativeness": -represent[te]}, t_err)
     unc_info["error"] = ("ensemble consensus error per test frame, mean over labeled "
-                         "keypoints, px (original image)")
+                         "keypoints, px (original image)" + (
+                             "; labels marked as planted noise left out"
+                             if test.noise_mask is not None else ""))
     for line in unc.describe(unc_info):
         log(line)
 

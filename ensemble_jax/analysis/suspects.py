@@ -278,8 +278,18 @@ def gallery(path, images, labels, prediction, corrections, rows, index_of, bodyp
                 ax.annotate("", (cx, cy), (x, y), zorder=5, arrowprops=dict(
                     arrowstyle="->", color="red", lw=1.8))
         h, w = img.shape[:2]
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
+        # Zoomed on the animal: the labels, predictions and corrections, with a margin.
+        pts = np.concatenate([labels[i], prediction[i], np.asarray(corrections[i])])
+        pts = pts[np.isfinite(pts).all(1)]
+        if len(pts):
+            c = (pts.min(0) + pts.max(0)) / 2
+            half = max(float((pts.max(0) - pts.min(0)).max()) / 2 + 0.08 * max(h, w),
+                       0.12 * max(h, w))
+            ax.set_xlim(c[0] - half, c[0] + half)
+            ax.set_ylim(c[1] + half, c[1] - half)
+        else:
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
         flag = "FLAGGED " if r["flagged"] else ""
         ax.set_title(f"#{r['rank']} {flag}{str(r['frame']).split('/')[-1]}\n"
                      f"{r['description']} (frame AUM {r['frame_aum']:.2f})", fontsize=8)

@@ -7,7 +7,8 @@ members never trained on) this module gives, for each score, the Spearman rank
 correlation with the ensemble's error:
 
   ensemble error   mean over the frame's labeled keypoints of the distance between the
-                   ensemble's consensus prediction and the label, original pixels.
+                   ensemble's consensus prediction and the label, original pixels (labels
+                   known to be wrong, the planted noise of synthetic data, left out).
   Spearman rho     Pearson correlation of the ranks (ties share their mean rank), with
                    an approximate 95% interval tanh(atanh(rho) +- 1.96 / sqrt(n - 3))
                    (Fisher; with a dozen test frames the interval is wide, and says so).
