@@ -105,7 +105,8 @@ def ensemble_forward(result, mode: str | None = None):
     grouped one). Default: "map" on a CPU, "vmap" elsewhere."""
     import jax
     from ensemble_jax import kernels
-    from ensemble_jax.analysis.analyze import (MPE_NORMALIZE, MPE_THRESHOLD, MPE_WINDOW,
+    from ensemble_jax.analysis.analyze import (MPE_MODES, MPE_NORMALIZE, MPE_TEMPERATURE,
+                                               MPE_WINDOW,
                                                _feature_layer)
     from ensemble_jax.models.decode import decode_heatmaps
     mc, k = result.model_config, len(result.bodyparts)
@@ -126,8 +127,11 @@ def ensemble_forward(result, mode: str | None = None):
             feat = state["intermediates"][layer]["__call__"][0]          # [B, h, w, C]
             feat = jax.nn.relu(feat.astype(np.float32)).mean((1, 2))
             kp, conf = decode_heatmaps(logits, stride)
-            mpe = kernels.multi_peak_entropy(jax.nn.sigmoid(logits), window=MPE_WINDOW,
-                                             threshold=MPE_THRESHOLD, normalize=MPE_NORMALIZE)
+            # the same multi-peak entropy as `analyze` computes by default
+            mpe_on, mpe_thr, mpe_norm = MPE_MODES[MPE_NORMALIZE]
+            mpe = kernels.multi_peak_entropy(
+                logits if mpe_on == "logits" else jax.nn.sigmoid(logits), window=MPE_WINDOW,
+                threshold=mpe_thr, normalize=mpe_norm, temperature=MPE_TEMPERATURE)
             return kp, conf, mpe, feat
 
         if mode == "vmap":
