@@ -122,6 +122,8 @@ def test_cli_refuses_unstratified_estimator_on_nested_run(tmp_path, capsys):
     for name in ("subsets.npy", "data.npz", "params.msgpack", "training.npz", "summary.json"):
         (run / name).write_bytes(b"")
     (run / "config.json").write_text(json.dumps({"sweep": {"plan": "nested"}}))
+    rundir.RunDir(run).record("subsets.npy", "data.npz", "params.msgpack", "training.npz",
+                              "summary.json", "config.json")   # as the sweep records them
     assert cli.main(["analyze", str(run), "--quiet", "--estimator",
                      "difference_of_means"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

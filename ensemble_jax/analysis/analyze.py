@@ -295,14 +295,14 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"`ensemble-jax sweep --resume` first")
     from ensemble_jax import rundir
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
-    from ensemble_jax.analysis.attribution import check_estimator, plan_of
-    try:   # refuse an estimator that is not valid for the plan before any work
-        check_estimator(plan_of(rundir.load_json(run / "config.json")), estimator)
-    except ValueError as e:
-        raise ValueError(f"{run}: {e}") from None
     with runlock.locked(run, "analyze", warn=log):
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
+        from ensemble_jax.analysis.attribution import check_estimator, plan_of
+        try:   # refuse an estimator that is not valid for the plan before any work
+            check_estimator(plan_of(rundir.load_json(run / "config.json")), estimator)
+        except ValueError as e:
+            raise ValueError(f"{run}: {e}") from None
         eio.remove_temporaries(run)
         if mpe not in MPE_MODES:
             raise ValueError(f"mpe={mpe!r}: choose one of {sorted(MPE_MODES)}")
