@@ -513,8 +513,6 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
                          "keypoints, px (original image)" + (
                              "; labels marked as planted noise left out"
                              if test.noise_mask is not None else ""))
-    for line in unc.describe(unc_info):
-        log(line)
 
     # ---------------- suspects (analysis/suspects.py)
     pred_tr = sus.oob_prediction(out_tr["keypoints"], masks[members])      # training px
@@ -530,8 +528,6 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     suspects_info["prediction"] = ("median over the alive members that did not train on "
                                    "the frame (all alive members if every one did)")
     suspects_info["top"] = sus_rows[:top]
-    log(f"suspects: {suspects_info['n_flagged']} of {suspects_info['n_frames']} frames "
-        f"flagged ({suspects_info['rule']})")
 
     # ---------------- figures
     written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz",
