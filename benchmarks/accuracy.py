@@ -1,7 +1,7 @@
 """Accuracy on real projects through the command line: augmentation on/off, small/ResNet.
 
-For each dataset x variant x seed, runs `ensemble-jax sweep` as a user would (the real-data
-defaults: augmentation on, warm-up cosine schedule) with the README's openfield setting
+For each dataset x variant x seed, runs `ensemble-jax sweep` as a user would (augmentation as the
+variant says; without --steps, 200 epochs with a warm-up cosine schedule) with the README's openfield setting
 (random plan, `--members` members on 90% of the training frames each, 10% test frames,
 batch 8, letterboxed to `--image-size`) and a stated step count, then reads the run's
 summary.json: the ensemble's mean test error in ORIGINAL pixels, the members' errors, the
@@ -65,8 +65,9 @@ def run_one(data: Path, variant: str, seed: int, args, workdir: Path) -> dict:
            "--members", str(args.members), "--fraction", "0.9", "--test-fraction", "0.1",
            "--batch-size", str(args.batch_size), "--seed", str(seed), "--quiet",
            *VARIANTS[variant]]
-    if args.steps:
-        cmd += ["--steps", str(args.steps)]
+    # a stated step count, or DeepLabCut 3's 200 epochs with a warm-up (both opt-in flags)
+    cmd += (["--steps", str(args.steps)] if args.steps else
+            ["--epochs", "200", "--schedule", "warmup_cosine"])
     if variant.startswith("resnet"):
         cmd += ["--resnet-width", str(args.resnet_width)]
     if args.strategy:
@@ -96,7 +97,7 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=0,
-                   help="steps per member (default 0: the command line's 200-epoch default)")
+                   help="steps per member (default 0: --epochs 200 --schedule warmup_cosine)")
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
