@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import numpy_twins as T
+from child_env import child_env
 from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import backend, determinism, errors, strategies, waves
@@ -37,17 +38,7 @@ import accelerator_paths_worker as W  # noqa: E402
 TINY = W.TINY
 
 
-def _env(n_devices: int | None = None, **extra) -> dict:
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    if n_devices:
-        flags.append(f"--xla_force_host_platform_device_count={n_devices}")
-    env["XLA_FLAGS"] = " ".join(flags)
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
+_env = child_env    # N fake CPU devices, this checkout on the path
 
 
 # ------------------------------------------------------------- forced accelerator paths

@@ -23,18 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("scale_out_worker.py")
 sys.path.insert(0, str(WORKER.parent))
 import scale_out_worker as W  # noqa: E402
+from child_env import child_env  # noqa: E402
 
 
 def _env(n_devices: int | None) -> dict:
-    env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if "xla_force_host_platform_device_count" not in f]
-    if n_devices:
-        flags.append(f"--xla_force_host_platform_device_count={n_devices}")
-    env["XLA_FLAGS"] = " ".join(flags)
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    return env
+    return child_env(n_devices, JAX_PLATFORMS="cpu")
 
 
 def _run(args, n_devices=None, timeout=900):
