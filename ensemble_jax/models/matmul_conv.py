@@ -27,16 +27,22 @@ def same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv_as_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1) -> jnp.ndarray:
-    """"SAME" convolution `[B, H, W, C]` * `[kh, kw, C, F]` -> `[B, ceil(H/s), ceil(W/s), F]`,
-    computed as one matrix product over the kh*kw shifted (and strided) copies of x."""
+def conv_as_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1,
+                   padding: tuple[tuple[int, int], tuple[int, int]] | None = None
+                   ) -> jnp.ndarray:
+    """Convolution `[B, H, W, C]` * `[kh, kw, C, F]` -> `[B, oh, ow, F]`, computed as one
+    matrix product over the kh*kw shifted (and strided) copies of x. padding: ((top,
+    bottom), (left, right)) zeros, default XLA's "SAME" (then oh, ow = ceil(H/s), ceil(W/s))."""
     kh, kw, c, f = kernel.shape
     b, h, w, _ = x.shape
-    if kh == kw == 1 and stride == 1:
-        return jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0])
-    (t, bo), (le, r) = same_padding(h, kh, stride), same_padding(w, kw, stride)
-    xp = jnp.pad(x, ((0, 0), (t, bo), (le, r), (0, 0)))
-    oh, ow = -(-h // stride), -(-w // stride)
+    if padding is None:
+        padding = (same_padding(h, kh, stride), same_padding(w, kw, stride))
+    (t, bo), (le, r) = padding
+    oh, ow = (h + t + bo - kh) // stride + 1, (w + le + r - kw) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (t, bo), (le, r), (0, 0))) if t or bo or le or r else x
+    if kh == kw == 1:
+        return jnp.einsum("bhwc,cf->bhwf", xp[:, ::stride, ::stride][:, :oh, :ow],
+                          kernel[0, 0])
     shifted = [xp[:, a:a + (oh - 1) * stride + 1:stride, d:d + (ow - 1) * stride + 1:stride, :]
                for a in range(kh) for d in range(kw)]
     patches = jnp.concatenate(shifted, axis=-1)                  # [B, oh, ow, kh*kw*C]

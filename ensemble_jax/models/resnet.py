@@ -25,23 +25,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ensemble_jax.models.matmul_conv import conv_as_matmul
+
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _patches_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
-    """VALID convolution of an already padded x as one matrix product of shifted copies
-    (models/matmul_conv.py says why: batched matmuls instead of grouped convs under vmap)."""
-    kh, kw, c, f = kernel.shape
-    b, h, w, _ = x.shape
-    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
-    if kh == kw == 1:
-        return jnp.einsum("bhwc,cf->bhwf", x[:, ::stride, ::stride][:, :oh, :ow], kernel[0, 0])
-    shifted = [x[:, a:a + (oh - 1) * stride + 1:stride, d:d + (ow - 1) * stride + 1:stride, :]
-               for a in range(kh) for d in range(kw)]
-    return jnp.einsum("bhwp,pf->bhwf", jnp.concatenate(shifted, -1),
-                      kernel.reshape(kh * kw * c, f))
 
 
 class PadConv(nn.Module):
@@ -59,9 +47,8 @@ class PadConv(nn.Module):
                             (self.k, self.k, x.shape[-1], self.features), jnp.float32)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         p = self.k // 2
-        if self.impl == "matmul":
-            xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
-            return _patches_conv(xp, kernel, self.stride)
+        if self.impl == "matmul":   # batched matmuls under vmap (models/matmul_conv.py)
+            return conv_as_matmul(x, kernel, self.stride, padding=((p, p), (p, p)))
         return jax.lax.conv_general_dilated(
             x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
