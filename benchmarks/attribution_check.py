@@ -93,6 +93,10 @@ def main(argv=None) -> int:
     p.add_argument("--members", type=_ints, default=None, help="estimation sizes, e.g. 64,256")
     p.add_argument("--validation", type=int, default=None, help="held-out members")
     p.add_argument("--plan", choices=["random", "banzhaf"], default="random")
+    p.add_argument("--design", choices=["independent", "crn"], default="crn",
+                   help="independent: each member its own key (the sweep default); crn: "
+                   "common random numbers, every member shares init and draws, coherent "
+                   "sampler (TrainConfig.crn, training/crn.py)")
     p.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--noise-rate", type=float, default=0.2)
@@ -113,8 +117,10 @@ def main(argv=None) -> int:
     steps = a.steps or (30 if q else 200)
     R = a.retrain_members or (1 if q else 2)
     S = 2 if q and a.retrain_seeds == 5 else a.retrain_seeds
-    if min(sizes) < 4 or V < 3 or S < 1:
-        p.error("--members must be >= 4, --validation >= 3, --retrain-seeds >= 1")
+    if min(sizes) < 4 or V < 3 or S < 0:
+        p.error("--members must be >= 4, --validation >= 3, --retrain-seeds >= 0 (0: no "
+                "retraining)")
+    crn = a.design == "crn"
     t0 = time.perf_counter()
 
     data, clean = synthetic_dataset_with_truth(frames, image_size=a.image_size,
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
     noise = train.noise_mask.any(1)
     mc = ModelConfig(widths=(8, 16, 32), head_width=16)
     tc = TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr,
-                     strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed)
+                     strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed, crn=crn)
     M = max(sizes)
     draw = (lambda m, s: plans.random_subsets(n, m, 0.5, s, allow_duplicates=True)) \
         if a.plan == "random" else (lambda m, s: plans.banzhaf_subsets(n, m, s))
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
     masks = np.concatenate([est_masks, val_masks]).astype(bool)
     print(f"data: {n} train / {test.n_frames} test synthetic frames at {a.image_size} px, "
           f"{int(noise.sum())} frames with planted label noise; {M} + {V} members, plan "
-          f"{a.plan}, {steps} steps of batch {a.batch_size}", file=sys.stderr, flush=True)
+          f"{a.plan}, design {a.design}, {steps} steps of batch {a.batch_size}", file=sys.stderr, flush=True)
     t_train = time.perf_counter()
     result = EnsembleTrainer(mc, tc).fit(train, masks, progress=not q)
     train_s = time.perf_counter() - t_train
@@ -182,6 +188,48 @@ def main(argv=None) -> int:
         raise SystemExit(f"no estimator has a defined LDS at {M} members")
 
     # ---------------- (b) counterfactual retraining
+    retrain, retrain_s = (_retrain(a, best, effects_at_max, result, est, n, k, noise, S, R,
+                                   train, test, test_truth, mc, crn, steps)
+                          if S else (None, 0.0))
+
+    # ---------------- outputs
+    res = {"benchmark": "attribution_check", "quick": q, "plan": a.plan, "design": a.design,
+           "frames": {"train": n, "test": test.n_frames, "planted_noise_frames":
+                      int(noise.sum())},
+           "image_size": a.image_size, "network": {"widths": list(mc.widths),
+                                                   "head_width": mc.head_width},
+           "steps": steps, "batch_size": a.batch_size, "members": sizes, "validation": V,
+           "lds": rows, "retrain": retrain, "train_s": train_s, "retrain_s": retrain_s,
+           "wall_s": time.perf_counter() - t0, "backend": jax.default_backend(),
+           "machine": platform.platform(), "cpu_count": __import__("os").cpu_count()}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    eio.write_json(out, res)
+    _figure(out.with_suffix(".png"), rows, sizes, a.design)
+    print(f"\nLDS on {V} held-out members (design {a.design}; Spearman, mean over "
+          f"{test.n_frames} test frames; 95% bootstrap interval)")
+    print(f"{'members':>8} {'output':18s} " + " ".join(f"{e:>26s}" for e in
+                                                     ("difference_of_means", "ridge", "lasso")))
+    for m in sizes:
+        for o in OUTPUTS:
+            cells = []
+            for e in ("difference_of_means", "ridge", "lasso"):
+                r = next(r for r in rows if (r["members"], r["output"], r["estimator"])
+                         == (m, o, e))
+                cells.append(f"{r['lds']:+.3f} [{r['ci95'][0]:+.2f},{r['ci95'][1]:+.2f}]")
+            print(f"{m:8d} {o:18s} " + " ".join(f"{c:>26s}" for c in cells))
+    print(f"\nbest at {M} members: {best['estimator']} on {best['output']} "
+          f"(LDS {best['lds']:.3f})")
+    if retrain is not None:
+        _print_retrain(retrain)
+    print(f"wrote {out} ({res['wall_s']:.0f} s; training {train_s:.0f} s + {retrain_s:.0f} s)")
+    return 0
+
+
+def _retrain(a, best, effects_at_max, result, est, n, k, noise, S, R, train, test,
+             test_truth, mc, crn, steps):
+    """Counterfactual retraining; with crn every arm of seed s, member r shares block
+    s * R + r (same init and draws): the arms' differences are paired comparisons."""
     e = effects_at_max[(best["output"], best["estimator"])]
     harm = ERROR_LIKE[best["output"]] * np.nanmean(e, 1)          # + = raises test error
     harmful = np.argsort(-np.nan_to_num(harm, nan=-np.inf), kind="stable")[:k]
@@ -190,21 +238,24 @@ def main(argv=None) -> int:
     low_aum = np.argsort(frame_aum, kind="stable")[:k]
     arms = ["all", "harmful", "random", "low_aum"]
     rng = np.random.default_rng(a.seed + 17)
-    rmasks, arm_of, seed_of = [], [], []
+    rmasks, arm_of, seed_of, block_of = [], [], [], []
     for s in range(S):
         rand = rng.choice(n, k, replace=False)
         for arm, drop in zip(arms, [np.array([], int), harmful, rand, low_aum]):
             row = np.ones(n, bool)
             row[drop] = False
-            for _ in range(R):
+            for r in range(R):
+                block_of.append(s * R + r)
                 rmasks.append(row)
                 arm_of.append(arm)
                 seed_of.append(s)
     rmasks = np.asarray(rmasks)
     rtc = TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr,
-                      strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed + 1000)
+                      strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed + 1000,
+                      crn=crn)
     t_re = time.perf_counter()
-    rres = EnsembleTrainer(mc, rtc).fit(train, rmasks, progress=not q)
+    rres = EnsembleTrainer(mc, rtc).fit(train, rmasks, progress=not a.quick,
+                                        block_ids=np.asarray(block_of) if crn else None)
     retrain_s = time.perf_counter() - t_re
     rerr = np.nanmean(member_values(rres, np.arange(len(rmasks)), test,
                                     test_truth)["pixel_error"], 1)
@@ -223,50 +274,35 @@ def main(argv=None) -> int:
                                 "ci95": ci}
     beats = int((per_seed["harmful"] < per_seed["random"]).sum())
     retrain["harmful_beats_random_seeds"] = beats
+    hm, hci = t_interval(per_seed["harmful"] - per_seed["random"])
+    retrain["harmful_minus_random"] = {
+        "per_seed_px": (per_seed["harmful"] - per_seed["random"]).tolist(), "mean_px": hm,
+        "ci95": hci}
 
-    # ---------------- outputs
-    res = {"benchmark": "attribution_check", "quick": q, "plan": a.plan,
-           "frames": {"train": n, "test": test.n_frames, "planted_noise_frames":
-                      int(noise.sum())},
-           "image_size": a.image_size, "network": {"widths": list(mc.widths),
-                                                   "head_width": mc.head_width},
-           "steps": steps, "batch_size": a.batch_size, "members": sizes, "validation": V,
-           "lds": rows, "retrain": retrain, "train_s": train_s, "retrain_s": retrain_s,
-           "wall_s": time.perf_counter() - t0, "backend": jax.default_backend(),
-           "machine": platform.platform(), "cpu_count": __import__("os").cpu_count()}
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    eio.write_json(out, res)
-    _figure(out.with_suffix(".png"), rows, sizes)
-    print(f"\nLDS on {V} held-out members (Spearman, mean over {test.n_frames} test frames; "
-          f"95% bootstrap interval)")
-    print(f"{'members':>8} {'output':18s} " + " ".join(f"{e:>26s}" for e in
-                                                     ("difference_of_means", "ridge", "lasso")))
-    for m in sizes:
-        for o in OUTPUTS:
-            cells = []
-            for e in ("difference_of_means", "ridge", "lasso"):
-                r = next(r for r in rows if (r["members"], r["output"], r["estimator"])
-                         == (m, o, e))
-                cells.append(f"{r['lds']:+.3f} [{r['ci95'][0]:+.2f},{r['ci95'][1]:+.2f}]")
-            print(f"{m:8d} {o:18s} " + " ".join(f"{c:>26s}" for c in cells))
-    print(f"\nbest at {M} members: {best['estimator']} on {best['output']} "
-          f"(LDS {best['lds']:.3f})")
+    return retrain, retrain_s
+
+
+def _print_retrain(retrain):
+    S, R, k = retrain["seeds"], retrain["members_per_arm"], retrain["k"]
     print(f"retraining without k={k} frames ({S} seeds x {R} members per arm; change in mean "
           f"member test error vs all frames, px, 95% t-interval over seeds):")
     for arm, r in retrain["arms"].items():
         ci = r["ci95"]
         print(f"  {arm:8s} {r['mean_change_px']:+.4f}"
               + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else ""))
-    print(f"  removing the harmful frames beat removing random ones in {beats} of {S} seeds; "
-          f"planted-noise frames removed: harmful {retrain['planted_noise_in_removed']['harmful']}"
-          f", lowest AUM {retrain['planted_noise_in_removed']['low_aum']}, random "
+    d = retrain["harmful_minus_random"]
+    print(f"  harmful minus random, per seed (px): " + ", ".join(f"{x:+.3f}" for x in
+                                                              d["per_seed_px"])
+          + f"; mean {d['mean_px']:+.3f}" + (f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                                             if d["ci95"][0] is not None else ""))
+    print(f"  removing the harmful frames beat removing random ones in "
+          f"{retrain['harmful_beats_random_seeds']} of {S} seeds; planted-noise frames removed: "
+          f"harmful {retrain['planted_noise_in_removed']['harmful']}, lowest AUM "
+          f"{retrain['planted_noise_in_removed']['low_aum']}, random "
           f"{retrain['planted_noise_in_removed']['random_expected']:.1f} expected")
-    print(f"wrote {out} ({res['wall_s']:.0f} s; training {train_s:.0f} s + {retrain_s:.0f} s)")
-    return 0
 
 
-def _figure(path, rows, sizes):
+def _figure(path, rows, sizes, design):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -285,7 +321,7 @@ def _figure(path, rows, sizes):
         ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(f"output: {o}", fontsize=10)
         ax.set_xlabel("estimation members")
-    axes[0].set_ylabel("LDS on held-out members")
+    axes[0].set_ylabel(f"LDS on held-out members ({design})")
     axes[0].legend(fontsize=8)
     eio.save_figure(path, fig, dpi=110)
     plt.close(fig)

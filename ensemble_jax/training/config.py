@@ -40,6 +40,8 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()  # training/augment.py; off unless enabled
     epochs: float | None = None           # when set, a sweep sets steps from it and the
                                           # training frames (training/real_data.py)
+    crn: bool = False                     # common random numbers: members of a block share
+                                          # init and draws, coherent sampler (training/crn.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", _coerce_augment(self.augment))  # dict from json

@@ -16,6 +16,7 @@ from ensemble_jax.kernels.margins import heatmap_margin
 from ensemble_jax.models.heatmap_net import HeatmapNet
 from ensemble_jax.training.augment import augment_batch
 from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.crn import coherent_draw
 from ensemble_jax.training.determinism import scatter_add_once
 
 
@@ -78,8 +79,12 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
     def step(state: MemberState, inputs: MemberInputs, step_index, images, keypoints):
         member_key = jax.random.wrap_key_data(inputs.key)
         key = jax.random.fold_in(jax.random.fold_in(member_key, 0), step_index)
-        pos = jax.random.randint(key, (cfg.batch_size,), 0, inputs.subset_size)
-        idx = inputs.subset_index[pos]
+        if cfg.crn:   # block-shared key, coherent frame choice (training/crn.py)
+            idx = coherent_draw(key, inputs.subset_index, inputs.subset_size,
+                                images.shape[0], cfg.batch_size)
+        else:
+            pos = jax.random.randint(key, (cfg.batch_size,), 0, inputs.subset_size)
+            idx = inputs.subset_index[pos]
         x, kp = images[idx], keypoints[idx]
         clean_x, clean_kp = x, kp
         if aug.enabled:

@@ -16,7 +16,7 @@ import numpy as np
 from ensemble_jax.data.dataset import DatasetError, KeypointDataset
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.subsets import validate_masks
-from ensemble_jax.training import backend, errors, sharding, strategies
+from ensemble_jax.training import backend, crn, errors, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
@@ -28,6 +28,19 @@ def member_keys(seed: int, member_ids: np.ndarray) -> np.ndarray:
     base = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(member_ids, jnp.uint32))
     return np.asarray(jax.random.key_data(keys))
+
+
+def training_keys(tc: TrainConfig, member_ids: np.ndarray,
+                  block_ids: np.ndarray | None = None) -> np.ndarray:
+    """uint32 [M, 2]: each member's own key, or with `tc.crn` its block's (training/crn.py;
+    default: one block)."""
+    if not tc.crn:
+        if block_ids is not None:
+            raise ValueError("block_ids need TrainConfig(crn=True)")
+        return member_keys(tc.seed, member_ids)
+    blocks = np.zeros(len(member_ids), np.int64) if block_ids is None else np.asarray(block_ids)
+    chex.assert_shape(blocks, (len(member_ids),))
+    return crn.block_keys(tc.seed, blocks)
 
 
 def subset_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +96,8 @@ class EnsembleTrainer:
         return counts, None
 
     def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
-              lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None
-              ) -> _Setup:
+              lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None,
+              block_ids: np.ndarray | None = None) -> _Setup:
         """Device-resident state and inputs. With a `mesh` (sharding.make_mesh), members are
         padded to a multiple of the device count and sharded over the `members` axis; the
         shared frames are replicated on every device."""
@@ -93,8 +106,11 @@ class EnsembleTrainer:
         tx = tc.optimizer()
         h, w = dataset.images.shape[1:3]
         member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
-        keys = member_keys(tc.seed, member_ids)
+        keys = training_keys(tc, member_ids, block_ids)
         index, sizes = subset_index(counts)
+        if tc.crn:
+            crn.check_counts(counts)
+            index = crn.order_by_position(index, sizes, dataset.n_frames)
         # One compiled single-member init, called per member (its compile is slow on CPU
         # and would otherwise recur for every ensemble size); values equal a vmapped init.
         init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
@@ -229,7 +245,7 @@ class EnsembleTrainer:
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool = True, log: Callable[[str], None] | None = None,
             images: np.ndarray | None = None, stop_after: int | None = None,
-            mesh: Any = None) -> EnsembleResult:
+            mesh: Any = None, block_ids: np.ndarray | None = None) -> EnsembleResult:
         """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
 
         lr_scale: float [M], multiplies each member's updates (default 1).
@@ -244,6 +260,8 @@ class EnsembleTrainer:
             processes after `jax.distributed.initialize`); same results as one device.
             Checkpoints hold only the real members, so a run saved on D devices resumes
             on any other device count.
+        block_ids: int [M], with TrainConfig(crn=True) only: members of a block share their
+            key (init, draws); default one block (training/crn.py).
         """
         log = log or (lambda msg: None)
         tc = self.train_config
@@ -259,13 +277,14 @@ class EnsembleTrainer:
                 raise DatasetError("fit: images of frames inside some subset contain NaN/inf")
 
         t_setup = time.perf_counter()
-        s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh)
+        s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh,
+                       block_ids=block_ids)
         runner, strategy_info = self.choose_strategy(s, log)
         # The setup's initial states are no longer needed once the probe ran: without this,
         # a third copy of every member's state stays on the device while training.
         states, s.states = s.states, None
         losses = np.full((tc.steps, m), np.nan, np.float32)
-        keys = member_keys(tc.seed, member_ids)
+        keys = training_keys(tc, member_ids, block_ids)
         step = 0
         if mesh is None:
             real = lambda st: st
