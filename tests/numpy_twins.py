@@ -480,3 +480,19 @@ def affine_warp(images, a, t):
                         wt = (1 - abs(sx - xi)) * (1 - abs(sy - yi))
                         out[i, yy, xx] += wt * images[i, yi, xi]
     return out
+
+
+# ----------------------------------------------------------------------------- coherent sampler
+def coherent_draw(positions, subset, u):
+    """positions [n] (frame i's point on the circle), subset: the member's frames (any
+    order), u [B] uniforms -> [B] frames: for each u, the subset frame whose position is
+    the first at or after u going round the circle."""
+    out = []
+    for x in np.asarray(u, np.float64):
+        best, best_d = None, None
+        for f in subset:
+            d = (float(positions[f]) - x) % 1.0      # distance going forward from u
+            if best_d is None or d < best_d:
+                best, best_d = int(f), d
+        out.append(best)
+    return np.asarray(out)

@@ -20,8 +20,11 @@ three per-member metrics (pixel_error, gt_confidence, gt_probability), and per f
 member's mean test metric ("frame effect"). p-values: Student t with Welch-Satterthwaite
 degrees of freedom (`kernels.attribution`), or a permutation null within strata where a
 frame has fewer than `SMALL_GROUP` members on a side or fewer than `MIN_DF` degrees of
-freedom. Findings are what passes BH q < `Q_LEVEL` over all pairs, and separately over
-frames; nothing else is called a finding.
+freedom. q-values are Benjamini-Hochberg within each family (all (train, test) pairs; all
+frames' effects on the mean test error). Findings (`findings`) are what passes
+q < `Q_LEVEL` / 2 in either family: Bonferroni over the two families, so that under the
+global null P(any finding) <= `Q_LEVEL` (BH within a family bounds it by its level);
+nothing else is called a finding.
 
 Validation members (`sweep --validation-members V`: layout["member_role"] == "validation")
 are excluded from every estimator; each estimator's LDS is scored on them.
@@ -41,6 +44,7 @@ from ensemble_jax import kernels
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
 UNITS = {"pixel_error": "px", "gt_confidence": "probability", "gt_probability": "probability"}
 Q_LEVEL = 0.05
+N_FAMILIES = 2                # pairs and frames: each family's BH runs at Q_LEVEL / 2
 SMALL_GROUP = 5
 MIN_DF = 4.0
 EFFECT_SIZE = 0.05            # stated effect for "members needed": 5% of the mean metric
@@ -154,6 +158,14 @@ def _nanmean_rows(v: np.ndarray) -> np.ndarray:
                         np.nan).astype(np.float32)
 
 
+def findings(q_pairs: np.ndarray, q_frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the findings among pairs (q_pairs [n, T]) and frames (q_frames [n] or
+    [n, 1]): BH q < Q_LEVEL / N_FAMILIES in each family (NaN never a finding)."""
+    level = Q_LEVEL / N_FAMILIES
+    return (np.flatnonzero(np.nan_to_num(np.ravel(q_pairs), nan=1.0) < level),
+            np.flatnonzero(np.nan_to_num(np.ravel(q_frames), nan=1.0) < level))
+
+
 def pvalues(masks, values, strata, n_strata, key) -> tuple[Any, np.ndarray, np.ndarray]:
     """(Stratified result, p `[n, T]`, bool `[n, T]` where the permutation null was used)."""
     r = kernels.stratified_influence(jnp.asarray(masks), jnp.asarray(values, jnp.float32),
@@ -234,7 +246,9 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
         "n_members": int(est_members.size), "n_validation_members": int(val_members.size),
         "strata": ([{"fraction": f, "members": int((strata == s).sum())}
                     for s, f in enumerate(levels)] if S > 1 else None),
-        "q_level": Q_LEVEL, "metric": "pixel_error", "units": "px (original image)",
+        "q_level": Q_LEVEL, "finding_rule": f"BH q < {Q_LEVEL / N_FAMILIES:g} over pairs or "
+        f"over frames (Bonferroni over the {N_FAMILIES} families: P(any finding | no effect) "
+        f"<= {Q_LEVEL})", "metric": "pixel_error", "units": "px (original image)",
     }
     if est == "none":
         info["note"] = (f"plan {plan!r}: no per-frame estimator is valid (a frame is always "
@@ -298,8 +312,7 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
                         "stderr": _f(se[i, t]), "p": _f(arrays["pixel_error_p"][i, t]),
                         "q": _f(q[i, t])})
         return out
-    hit_f = np.flatnonzero(np.nan_to_num(qf, nan=1.0) < Q_LEVEL)
-    hit_p = np.flatnonzero(np.nan_to_num(q.ravel(), nan=1.0) < Q_LEVEL)
+    hit_p, hit_f = findings(q, qf)
     info["harmful_frames"] = frame_rows(hit_f[fe[hit_f] > 0])
     info["helpful_frames"] = frame_rows(hit_f[fe[hit_f] < 0])
     info["n_frames_resolved"] = int(hit_f.size)
@@ -317,19 +330,21 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
     delta = EFFECT_SIZE * mu
     need = {"sigma_member_mean_error_px": _f(sigma), "inclusion_p_times_1_minus_p": _f(pq),
             "effect_px": _f(delta), "effect": f"{EFFECT_SIZE:.0%} of the members' mean test "
-            f"error ({mu:.3g} px)", "n_tests": int(n), "power": 0.8, "alpha": Q_LEVEL,
+            f"error ({mu:.3g} px)", "n_tests": int(n), "power": 0.8,
+            "alpha": Q_LEVEL / N_FAMILIES,
             "bound": "Var(effect) = sigma^2 / (M p (1 - p)) (Feldman & Zhang 2020); "
                      "Bonferroni over frames"}
     if np.isfinite(sigma) and np.isfinite(pq) and 0 < pq < 0.25 + 1e-9 and delta > 0:
         p_eff = 0.5 - math.sqrt(max(0.25 - pq, 0.0))
         p_eff = min(max(p_eff, 1e-6), 1 - 1e-6)
-        need["members_needed"] = kernels.members_needed(delta, sigma, n, p_eff)
+        need["members_needed"] = kernels.members_needed(delta, sigma, n, p_eff,
+                                                        alpha=Q_LEVEL / N_FAMILIES)
     info["members_needed"] = need
     if hit_f.size == 0 and hit_p.size == 0:
         info["resolved"] = False
         info["not_resolved"] = (
-            f"no training frame's effect is resolved (BH q < {Q_LEVEL} over {n} frames and "
-            f"over {n * T} pairs) with {est_members.size} members"
+            f"no training frame's effect is resolved (BH q < {Q_LEVEL / N_FAMILIES:g} over "
+            f"{n} frames and over {n * T} pairs) with {est_members.size} members"
             + (f"; an effect of {delta:.3g} px on the mean test error ({EFFECT_SIZE:.0%}) at "
                f"the measured member-to-member SD {sigma:.3g} px needs about "
                f"{need['members_needed']} members" if "members_needed" in need else ""))
