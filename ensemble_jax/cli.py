@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validation-members", type=int, default=None, metavar="V",
                    help="V extra members on fresh subsets of the same plan, held out from "
                         "every estimator; `analyze` scores each estimator's LDS on them")
+    s.add_argument("--crn", action="store_true",
+                   help="common random numbers: every member starts from the same weights and "
+                        "draws its minibatches coherently from its own subset, so members "
+                        "differ by their subsets only (sharper influence/LDS; not with "
+                        "--plan bootstrap); see README")
     s.add_argument("--fraction", type=float, default=None, help="random plan: subset fraction")
     s.add_argument("--allow-duplicates", action="store_true", default=None,
                    help="random plan: members may draw the same subset (needed when asking "
@@ -244,6 +249,11 @@ def sweep_configs(args: argparse.Namespace):
         strategy=args.strategy, chunk_size=args.chunk_size,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         deterministic=True if getattr(args, "deterministic", False) else None))
+    if getattr(args, "crn", False):      # training/crn.py; recorded in config.json's train
+        if sweep.plan == "bootstrap":
+            raise ValueError("--crn: the coherent sampler cannot weight bootstrap counts; "
+                             "use --plan random, banzhaf or nested")
+        train = dataclasses.replace(train, crn=True)
     return sweep, model, train
 
 

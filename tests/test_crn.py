@@ -90,3 +90,15 @@ def test_crn_members_identical_iff_same_subset_and_block():
                                              strategy="vmap", track_aum=False)).fit(
         data, masks[:2], progress=False)
     assert not all(np.array_equal(x[0], x[1]) for x in jax.tree_util.tree_leaves(ind.params))
+
+
+def test_sweep_crn_flag(tmp_path, capsys):
+    from ensemble_jax import cli
+    args = cli.build_parser().parse_args(["sweep", "--crn", "--plan", "random",
+                                          "--out", str(tmp_path / "a")])
+    assert cli.sweep_configs(args)[2].crn
+    args = cli.build_parser().parse_args(["sweep", "--out", str(tmp_path / "a")])
+    assert not cli.sweep_configs(args)[2].crn                     # default unchanged
+    out = tmp_path / "b"
+    assert cli.main(["sweep", "--crn", "--plan", "bootstrap", "--out", str(out)]) == 2
+    assert "bootstrap" in capsys.readouterr().err and not out.exists()
