@@ -51,6 +51,7 @@ from ensemble_jax.data.synthetic import synthetic_dataset_with_truth  # noqa: E4
 from ensemble_jax.models.heatmap_net import ModelConfig  # noqa: E402
 from ensemble_jax.training.config import STRATEGIES, TrainConfig  # noqa: E402
 from ensemble_jax.training.trainer import EnsembleTrainer  # noqa: E402
+from ensemble_jax.training.waves import fit_waves, plan_waves  # noqa: E402
 
 OUTPUTS = ("pixel_error", "gt_probability", "log_gt_probability")
 ERROR_LIKE = {"pixel_error": 1.0, "gt_probability": -1.0, "log_gt_probability": -1.0}
@@ -104,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--strategy", default="auto", choices=STRATEGIES)
+    p.add_argument("--members-per-wave", type=int, default=256,
+                   help="members trained per fit (waves: same results, smaller programs)")
     p.add_argument("--k", type=int, default=None, help="frames removed per arm")
     p.add_argument("--retrain-seeds", type=int, default=5)
     p.add_argument("--retrain-members", type=int, default=None, help="members per arm/seed")
@@ -145,7 +148,9 @@ def main(argv=None) -> int:
           f"{int(noise.sum())} frames with planted label noise; {M} + {V} members, plan "
           f"{a.plan}, design {a.design}, {steps} steps of batch {a.batch_size}", file=sys.stderr, flush=True)
     t_train = time.perf_counter()
-    result = EnsembleTrainer(mc, tc).fit(train, masks, progress=not q)
+    result = fit_waves(EnsembleTrainer(mc, tc), train, masks,
+                       plan_waves(len(masks), members_per_wave=a.members_per_wave),
+                       progress=not q)
     train_s = time.perf_counter() - t_train
     vals = member_values(result, np.arange(M + V), test, test_truth)
     est, val = np.arange(M), np.arange(M, M + V)

@@ -122,7 +122,7 @@ class EnsembleTrainer:
             pad = sharding.pad_index(m, mesh)
             inputs = sharding.put_members(MemberInputs(
                 keys[pad], index[pad], sizes[pad], np.asarray(lr_scale, np.float32)[pad]), mesh)
-            host = jax.device_get([init_one(jnp.asarray(k)) for k in keys])
+            host = jax.device_get(_init_each(init_one, keys))
             states = sharding.put_members(
                 jax.tree_util.tree_map(lambda *xs: np.stack(xs)[pad], *host), mesh)
             return _Setup(model, member_step, states, inputs,
@@ -131,7 +131,7 @@ class EnsembleTrainer:
                           mesh=mesh, n_real=m)
         inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
                               jnp.asarray(lr_scale, jnp.float32))
-        states = _stack([init_one(inputs.key[i]) for i in range(m)])
+        states = _stack(_init_each(init_one, keys))
         # Committed to its device, as the states restored from a checkpoint are: jit
         # keys its compiled programs on that too, so a resume would otherwise compile
         # every chunk program a second time.
@@ -371,6 +371,15 @@ def _init_fn(mc: ModelConfig, tc: TrainConfig, image_shape: tuple[int, int, int]
     model = HeatmapNet(mc, k)
     sample = jnp.zeros((1,) + tuple(image_shape), jnp.uint8)
     return jax.jit(lambda key: init_member(model, tc.optimizer(), key, sample, n, k))
+
+
+def _init_each(init_one: Callable, keys: np.ndarray) -> list:
+    """One initial state per member; members sharing a key (crn blocks) share one init."""
+    done: dict[bytes, Any] = {}
+    for k in np.asarray(keys):
+        if k.tobytes() not in done:
+            done[k.tobytes()] = init_one(jnp.asarray(k))
+    return [done[k.tobytes()] for k in np.asarray(keys)]
 
 
 _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
