@@ -188,9 +188,10 @@ def test_null_pvalues_uniform_and_few_findings(plan):
     """20 null draws: one p-value per (draw, test column) at a random frame (columns are
     independent given the plan), KS against uniform at 1%; `analyze`'s finding rule (BH
     within pairs and within frames, each at 0.025: one family-wise rule) finds anything in
-    at most 2 draws. Measured over 200 draws of each null (seeds 1000-1199, not these):
-    see `null_finding_rate`; with the rule's P(any) <= 0.05 per draw, 3 or more of 20
-    happens with probability < 8% even at the bound."""
+    at most 2 draws. Measured with `null_finding_rate` over 1,000 other draws of each null
+    (seeds 1000-1199 and 5000-5799): any finding in 4.2% (random) and 3.1% (nested) of
+    draws, against 8.8% and 6.8% for two separate BH lists at 0.05. At 4.2% per draw, 3 or
+    more of 20 happens with probability 5%: the bound this acceptance allows."""
     from ensemble_jax.analysis.attribution import findings
     rng = np.random.default_rng(11)
     n, T = 60, 30
