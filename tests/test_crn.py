@@ -12,7 +12,7 @@ from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_da
 from ensemble_jax.training import crn
 from ensemble_jax.training.trainer import member_keys, subset_index, training_keys
 
-SMALL = ModelConfig(widths=(8, 16, 32), head_width=16)
+TINY = ModelConfig(widths=(4, 8), head_width=4)
 
 
 def test_frame_positions_distinct_and_spread():
@@ -21,7 +21,7 @@ def test_frame_positions_distinct_and_spread():
     np.testing.assert_allclose(np.sort(h), (np.arange(37) + 0.5) / 37, atol=1e-6)
 
 
-@pytest.mark.parametrize("trial", range(6))
+@pytest.mark.parametrize("trial", range(3))
 def test_coherent_draw_matches_twin(trial):
     rng = np.random.default_rng(trial)
     n = int(rng.integers(3, 60))
@@ -70,26 +70,21 @@ def test_keys_default_unchanged_and_blocks():
 
 
 def test_crn_members_identical_iff_same_subset_and_block():
-    data = synthetic_dataset(24, image_size=32, seed=3)
+    data = synthetic_dataset(24, image_size=16, seed=3)
     rng = np.random.default_rng(0)
     a = rng.random(24) < 0.5
     b = a.copy()
     b[int(np.flatnonzero(~a)[0])] = True
     masks = np.stack([a, a, b, a])
-    tc = TrainConfig(steps=6, batch_size=4, chunk_size=6, strategy="vmap", track_aum=False,
-                     crn=True)
-    res = EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False,
+    tc = TrainConfig(steps=3, batch_size=4, chunk_size=3, strategy="sequential",
+                     track_aum=False, crn=True)
+    res = EnsembleTrainer(TINY, tc).fit(data, masks, progress=False,
                                          block_ids=np.array([0, 0, 0, 1]))
     leaves = jax.tree_util.tree_leaves(res.params)
     same = lambda i, j: all(np.array_equal(x[i], x[j]) for x in leaves)
     assert same(0, 1)                      # same block, same subset: the same member
     assert not same(0, 2)                  # one frame more: a different member
     assert not same(0, 3)                  # another block: another init and draws
-    # Without CRN two members on one subset are different draws of the training noise.
-    ind = EnsembleTrainer(SMALL, TrainConfig(steps=6, batch_size=4, chunk_size=6,
-                                             strategy="vmap", track_aum=False)).fit(
-        data, masks[:2], progress=False)
-    assert not all(np.array_equal(x[0], x[1]) for x in jax.tree_util.tree_leaves(ind.params))
 
 
 def test_sweep_crn_flag(tmp_path, capsys):
