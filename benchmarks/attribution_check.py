@@ -2,7 +2,12 @@
 
 On synthetic scenes with planted label noise (displaced / swapped labels), an ensemble of
 `--members` (largest size) estimation members plus `--validation` held-out members is
-trained on random subsets of one plan (random 50% by default, or banzhaf). Then:
+trained on random subsets of one plan (random 50% by default, or banzhaf). `--design crn`
+(the default) trains every member with common random numbers (`sweep --crn`,
+training/crn.py: one shared initialisation and coherent minibatch draws, so members
+differ by their subsets only); `--design independent` gives each member its own key (the
+sweep's default), where initialisation and batch order dominate what a member's subset
+explains. Held-out members come from the same design. Then:
 
 (a) LDS (linear datamodeling score, `kernels.lds`) of each estimator, fitted on the first
     M estimation members for each M in `--members`, scored on the held-out members, for
@@ -22,7 +27,8 @@ trained on random subsets of one plan (random 50% by default, or banzhaf). Then:
 
     python benchmarks/attribution_check.py --quick          # pipeline check (a minute)
     python benchmarks/attribution_check.py                  # 64/128/256 members (~1 h here)
-    python benchmarks/attribution_check.py --members 64,256,1024 --validation 64  # full size
+    python benchmarks/attribution_check.py --members 64,128,256,1024 --validation 64 \
+        --retrain-members 4 --strategy sequential                     # full size
 
 Writes JSON (`--out`), a table on stdout and `<out>.png` (LDS against members).
 """

@@ -246,6 +246,7 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
         "n_members": int(est_members.size), "n_validation_members": int(val_members.size),
         "strata": ([{"fraction": f, "members": int((strata == s).sum())}
                     for s, f in enumerate(levels)] if S > 1 else None),
+        "design": "crn" if (config.get("train") or {}).get("crn") else "independent",
         "q_level": Q_LEVEL, "finding_rule": f"BH q < {Q_LEVEL / N_FAMILIES:g} over pairs or "
         f"over frames (Bonferroni over the {N_FAMILIES} families: P(any finding | no effect) "
         f"<= {Q_LEVEL})", "metric": "pixel_error", "units": "px (original image)",
@@ -492,7 +493,8 @@ def describe(info: dict, n: int = 3) -> list[str]:
     lines = [f"influence of training frames: estimator {est} (valid for plan "
              f"{info.get('plan')!r}; {info.get('n_members')} members"
              + (f", {info['n_validation_members']} held out for LDS"
-                if info.get("n_validation_members") else "") + ")"]
+                if info.get("n_validation_members") else "")
+             + (", common random numbers" if info.get("design") == "crn" else "") + ")"]
     if est == "none":
         lines.append("  " + info["note"])
         return lines
@@ -501,7 +503,8 @@ def describe(info: dict, n: int = 3) -> list[str]:
     for key, word in (("harmful_frames", "harmful"), ("helpful_frames", "helpful")):
         rows = info.get(key) or []
         if rows:
-            lines.append(f"  {word} training frames (q < {info['q_level']}): " + ", ".join(
+            lines.append(f"  {word} training frames (q < {info['q_level'] / N_FAMILIES:g}): "
+                         + ", ".join(
                 f"{r['frame']} ({r['effect']:+.3f} px, q {r['q']:.2g})" for r in rows[:n]))
     if info.get("n_pairs_resolved"):
         lines.append(f"  resolved (training, test) pairs: {info['n_pairs_resolved']}")
