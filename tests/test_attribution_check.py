@@ -18,3 +18,5 @@ def test_attribution_check_quick(run_benchmark):
     for arm in re["arms"].values():
         assert len(arm["change_px_per_seed"]) == re["seeds"] == 2
     assert 0 <= re["harmful_beats_random_seeds"] <= 2
+    assert data["design"] == "crn"                    # common random numbers by default
+    assert len(re["harmful_minus_random"]["per_seed_px"]) == 2
