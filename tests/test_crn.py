@@ -70,20 +70,22 @@ def test_keys_default_unchanged_and_blocks():
 
 
 def test_crn_members_identical_iff_same_subset_and_block():
+    """Two waves (fit_waves forwards the block ids): member 2 repeats member 0 across waves."""
+    from ensemble_jax.training.waves import fit_waves, plan_waves
     data = synthetic_dataset(24, image_size=16, seed=3)
     rng = np.random.default_rng(0)
     a = rng.random(24) < 0.5
     b = a.copy()
     b[int(np.flatnonzero(~a)[0])] = True
-    masks = np.stack([a, a, b, a])
+    masks = np.stack([a, b, a, a])
     tc = TrainConfig(steps=3, batch_size=4, chunk_size=3, strategy="sequential",
                      track_aum=False, crn=True)
-    res = EnsembleTrainer(TINY, tc).fit(data, masks, progress=False,
-                                         block_ids=np.array([0, 0, 0, 1]))
+    res = fit_waves(EnsembleTrainer(TINY, tc), data, masks, plan_waves(4, members_per_wave=2),
+                    progress=False, block_ids=np.array([0, 0, 0, 1]))
     leaves = jax.tree_util.tree_leaves(res.params)
     same = lambda i, j: all(np.array_equal(x[i], x[j]) for x in leaves)
-    assert same(0, 1)                      # same block, same subset: the same member
-    assert not same(0, 2)                  # one frame more: a different member
+    assert same(0, 2)                      # same block, same subset: the same member
+    assert not same(0, 1)                  # one frame more: a different member
     assert not same(0, 3)                  # another block: another init and draws
 
 

@@ -226,9 +226,10 @@ def fit_waves(trainer: Any, dataset: KeypointDataset, masks: np.ndarray, plan: W
               lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
               checkpoint_dir: str | Path | None = None, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] | None = None,
-              mesh: Any = None, stop_after: int | None = None) -> EnsembleResult:
-    """`trainer.fit` wave by wave, with the members' global ids; the merged result equals a
-    one-wave run's."""
+              mesh: Any = None, stop_after: int | None = None,
+              block_ids: np.ndarray | None = None) -> EnsembleResult:
+    """`trainer.fit` wave by wave, with the members' global ids (and crn block ids); the
+    merged result equals a one-wave run's."""
     log = log or (lambda msg: None)
     m = int(np.asarray(masks).shape[0])
     if plan.n_members != m:
@@ -242,5 +243,6 @@ def fit_waves(trainer: Any, dataset: KeypointDataset, masks: np.ndarray, plan: W
         results.append(trainer.fit(
             dataset, np.asarray(masks)[lo:hi], lr_scale=lrs[lo:hi], member_ids=ids[lo:hi],
             checkpoint_dir=wave_checkpoint_dir(checkpoint_dir, plan, lo, hi), resume=resume,
-            progress=progress, log=log, mesh=mesh, stop_after=stop_after))
+            progress=progress, log=log, mesh=mesh, stop_after=stop_after,
+            **({} if block_ids is None else {"block_ids": np.asarray(block_ids)[lo:hi]})))
     return merge_results(results)
