@@ -82,6 +82,16 @@ def test_every_strategy_on_the_accelerator_path_equals_the_cpu_path(forced, wher
     assert r["compiles"] == 1, r
 
 
+def test_every_strategy_equals_the_specification(forced):
+    """step.make_train vmapped over members is the whole ensemble: every strategy on both
+    paths, on one device and sharded over two (4 members: 2 per device), computes it."""
+    spec = forced["spec"]
+    assert len(spec) == 2 * 2 * len(W.STRATEGIES)
+    for where, r in spec.items():
+        assert r["params"] < 1e-5 and r["losses"] < 1e-5, (where, r)
+        assert r["aum_sum"] < 1e-4 and r["aum_count_equal"], (where, r)
+
+
 def test_auto_probe_is_a_small_share_and_compiles_no_program_twice(forced):
     a = forced["auto"]
     assert a["candidates"] == ["vmap", "vmap_matmul", "unrolled", "sequential"]

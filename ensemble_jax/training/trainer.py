@@ -41,6 +41,15 @@ def subset_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index, sizes
 
 
+def member_inputs(counts: np.ndarray, member_ids: np.ndarray, seed: int,
+                  lr_scale: np.ndarray | None = None) -> MemberInputs:
+    """The stacked per-member constants (host arrays, [M] leading) of members with these
+    subsets, ids and learning-rate scales: what `step.make_train`'s train takes."""
+    index, sizes = subset_index(counts)
+    lr = np.ones(counts.shape[0], np.float32) if lr_scale is None else lr_scale
+    return MemberInputs(member_keys(seed, member_ids), index, sizes, np.asarray(lr, np.float32))
+
+
 @dataclasses.dataclass
 class _Setup:
     model: HeatmapNet
