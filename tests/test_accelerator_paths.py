@@ -106,11 +106,11 @@ def test_auto_probe_is_a_small_share_and_compiles_no_program_twice(forced):
     assert any("resumed from step 70" in m for m in a["log"]), a["log"]
 
 
-class _CountingRunner(strategies.ChunkRunner):
+class _CountingRunner(strategies.Runner):
     """Records the step counts `measure` asks for; runs nothing."""
 
     def __init__(self, spp, paths):
-        super().__init__(spp, paths)
+        super().__init__(strategies.get("sequential"), None, spp, 1, 1, backend=paths)
         self.name, self.calls = "fake", []
 
     def __call__(self, states, inputs, images, keypoints, start, n_steps):
@@ -156,7 +156,7 @@ def _failing_build(monkeypatch, failing, when):
     """The runners of the strategies in `failing` raise when their program is built
     (when='build') or when it runs (when='run'); the others are untouched (and keep the
     programs they compiled before)."""
-    original = strategies.ChunkRunner._program
+    original = strategies.Runner._program
 
     def program(self, length):
         if self.name in failing:
@@ -167,7 +167,7 @@ def _failing_build(monkeypatch, failing, when):
                 raise jax.errors.JaxRuntimeError(OOM + "\n" + "allocator detail\n" * 50)
             return run
         return original(self, length)
-    monkeypatch.setattr(strategies.ChunkRunner, "_program", program)
+    monkeypatch.setattr(strategies.Runner, "_program", program)
 
 
 @pytest.mark.parametrize("when", ["build", "run"])
