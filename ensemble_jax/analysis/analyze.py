@@ -50,7 +50,6 @@ warning.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import time
@@ -62,12 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ensemble_jax import io as eio
+from ensemble_jax import rundir
 from ensemble_jax import kernels
 from ensemble_jax.analysis import aum as aum_lib
 from ensemble_jax.analysis import figures, metrics
 from ensemble_jax.models.decode import decode_heatmaps
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult, consensus
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
@@ -80,64 +79,6 @@ MPE_MODES = {"softmax": ("logits", -np.inf, "softmax"), "sum": ("sigmoid", 0.1, 
 MPE_THRESHOLD = 0.1       # the "sum" form's peak threshold (sigmoid scale)
 MPE_NORMALIZE = "softmax"
 TOP = 10
-
-
-# ----------------------------------------------------------------------- loading
-def _dataclass_from(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def load_result(run_dir: str | Path) -> EnsembleResult:
-    """Rebuilds the trained `EnsembleResult` of a run directory (parameters from
-    `params.msgpack`, configs from `config.json`, masks, AUM and liveness from
-    `subsets.npy` and `training.npz`)."""
-    from flax import serialization
-    run = Path(run_dir)
-    from ensemble_jax import rundir
-    config = rundir.load_json(run / "config.json", need=("model", "train"))
-    try:
-        mc = _dataclass_from(ModelConfig, config["model"])
-        tc = _dataclass_from(TrainConfig, config["train"])
-    except (AttributeError, TypeError, ValueError) as e:
-        raise rundir.RunDirError(f"{run / 'config.json'}: damaged (model/train settings: "
-                                 f"{e})") from e
-    data = rundir.load_npz(run / "data.npz", need=("bodyparts", "train_images"))
-    bodyparts = [str(b) for b in data["bodyparts"]]
-    image_shape = tuple(int(s) for s in data["train_images"].shape[1:])
-    masks = rundir.load_npy(run / "subsets.npy")
-    if masks.ndim != 2 or masks.dtype.kind not in "iub":
-        raise rundir.RunDirError(f"{run / 'subsets.npy'}: damaged (expected an integer "
-                                 f"[members, frames] array, got {masks.dtype} {masks.shape})")
-    training = rundir.load_npz(run / "training.npz", need=(
-        "aum_sum", "aum_count", "losses", "alive", "diverged_at"))
-    m = int(masks.shape[0])
-    model = HeatmapNet(mc, len(bodyparts))
-    # Shapes only (eval_shape traces, never compiles): the restore target.
-    single = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1,) + image_shape, jnp.uint8))
-    target = jax.tree_util.tree_map(lambda x: np.zeros((m,) + tuple(x.shape), x.dtype), single)
-    raw = (run / "params.msgpack").read_bytes()
-    try:
-        params = serialization.from_bytes(target, raw)
-    except Exception as e:
-        raise ValueError(f"{run / 'params.msgpack'}: cannot restore parameters for this "
-                         f"model and {m} members ({type(e).__name__}: {e})") from e
-    shapes = [(np.shape(a), np.shape(b)) for a, b in zip(
-        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))]
-    bad = [s for s in shapes if s[0] != s[1]]
-    if bad:
-        raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not match "
-                         f"the model of config.json ({bad[0][1]})")
-    summary_path = run / "summary.json"
-    summary = rundir.load_json(summary_path) if summary_path.exists() else {}
-    return EnsembleResult(
-        model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
-        bodyparts=bodyparts, image_shape=image_shape,
-        aum_sum=training["aum_sum"], aum_count=training["aum_count"],
-        losses=training["losses"], alive=training["alive"].astype(bool),
-        diverged_at=training["diverged_at"], strategy=str(summary.get("strategy", "unknown")),
-        timing={})
 
 
 # ----------------------------------------------------------------- forward pass
@@ -293,7 +234,6 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         raise FileNotFoundError(f"{run}: the sweep that writes this run directory has not "
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
-    from ensemble_jax import rundir
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
     with runlock.locked(run, "analyze", warn=log):
         # parameters, data and settings must be the ones this run's sweep wrote
@@ -317,11 +257,9 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     from ensemble_jax.analysis import suspects as sus
     from ensemble_jax.analysis import uncertainty as unc
     from ensemble_jax.analysis.threshold import KINDS
-    from ensemble_jax.sweep import load_split, load_threshold_mask
     t0 = time.perf_counter()
-    train, test = load_split(run)
-    thr = load_threshold_mask(run)
-    result = load_result(run)
+    loaded = rundir.load(run)
+    train, test, thr, result = loaded.train, loaded.test, loaded.threshold_mask, loaded.result
     n, k = train.n_frames, train.n_keypoints
     masks = np.asarray(result.masks)
     if masks.shape[1] != n:
@@ -435,9 +373,8 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     # (analysis/attribution.py); validation members are left out of every estimate.
     from ensemble_jax.analysis import attribution
     ids_tr, ids_te = list(train.frame_ids), list(test.frame_ids)
-    config = json.loads((run / "config.json").read_text())
     arrays, influence_info = attribution.attribution_section(
-        config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
+        loaded.config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
         noise=None if noise is None else noise.any(1), top=top, log=log,
         figure_path=(run / "lds.png") if figures_enabled else None)
     eio.save_npz(run / "influence.npz", **arrays)

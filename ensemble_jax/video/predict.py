@@ -66,7 +66,7 @@ CHUNK = 4096              # frames per chunk when the outputs are assembled
 def load_run(run_dir: str | os.PathLike):
     """The trained `EnsembleResult` of a finished run directory (`summary.json` present).
     Raises ValueError / FileNotFoundError with one line naming what is missing."""
-    from ensemble_jax.analysis.analyze import load_result
+    from ensemble_jax import rundir
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"RUN_DIR {run}: not a folder")
@@ -77,7 +77,7 @@ def load_run(run_dir: str | os.PathLike):
     if not (run / "summary.json").is_file():
         raise FileNotFoundError(f"RUN_DIR {run}: the sweep has not finished (summary.json is "
                                 f"missing); finish it with `ensemble-jax sweep --resume` first")
-    result = load_result(run)
+    result = rundir.load(run).result
     if not np.asarray(result.alive, bool).any():
         raise ValueError(f"RUN_DIR {run}: every member diverged; nothing to predict with")
     return result
