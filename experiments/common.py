@@ -51,12 +51,6 @@ if str(REPO) not in sys.path:  # `python experiments/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 DEFAULT_OUT = "runs/studies"
-QUICK_FRACTIONS = (0.3, 0.6, 0.9)
-QUICK_SEEDS = 2
-QUICK_FRAMES = 120
-QUICK_STEPS = 60
-QUICK_IMAGE_SIZE = 32
-QUICK_DATA_IMAGE_SIZE = 64       # --quick --data: letterboxed training resolution
 DATA_IMAGE_SIZE = 128            # --data without --image-size
 
 
@@ -106,18 +100,9 @@ def sweep_configs(args: argparse.Namespace, *, plan: str = "nested",
                   model_overrides: dict | None = None, train_overrides: dict | None = None,
                   **sweep_overrides: Any):
     """(SweepConfig, ModelConfig, TrainConfig) for the studies' arguments."""
-    from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.sweep import SweepConfig
-    from ensemble_jax.training.config import TrainConfig
-    sweep, model, train = SweepConfig(), ModelConfig(), TrainConfig()
-    if args.quick:
-        sweep = dataclasses.replace(sweep, synthetic_frames=QUICK_FRAMES,
-                                    fractions=QUICK_FRACTIONS, n_seeds=QUICK_SEEDS,
-                                    image_size=QUICK_DATA_IMAGE_SIZE if args.data
-                                    else QUICK_IMAGE_SIZE)
-        model = dataclasses.replace(model, widths=(8, 16, 32), head_width=16)
-        train = dataclasses.replace(train, steps=QUICK_STEPS, chunk_size=20,
-                                    strategy="sequential")
+    from ensemble_jax.presets import preset
+    sweep, model, train = preset("quick" if args.quick else "default",
+                                 real_data=bool(args.data))
     kw: dict[str, Any] = {"plan": plan, "data": args.data, "format": args.format}
     if args.image_size is not None:
         kw["image_size"] = int(args.image_size)
