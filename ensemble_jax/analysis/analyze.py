@@ -56,7 +56,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,8 +64,7 @@ from ensemble_jax import rundir
 from ensemble_jax import kernels
 from ensemble_jax.analysis import aum as aum_lib
 from ensemble_jax.analysis import figures, metrics
-from ensemble_jax.models.decode import decode_heatmaps
-from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
+from ensemble_jax.models.forward import members_over_frames
 from ensemble_jax.training.result import EnsembleResult, consensus
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
@@ -82,74 +80,23 @@ TOP = 10
 
 
 # ----------------------------------------------------------------- forward pass
-def _feature_layer(mc: ModelConfig) -> str:
-    """Name of the deepest encoder convolution (HeatmapNet creates Conv_0 for the stem,
-    then 1 + convs_per_stage convolutions per stage, in order; the ResNet encoder's deepest
-    stage is its module 'layer4')."""
-    if getattr(mc, "encoder", "small") == "resnet":
-        return "layer4"
-    return f"Conv_{len(mc.widths) * (1 + mc.convs_per_stage)}"
-
-
-_PASSES: dict = {}
-
-
-def _member_pass_fn(mc: ModelConfig, k: int, mpe: str = MPE_NORMALIZE):
-    """Jitted (params, images [B,H,W,C], labels [B,K,2]) -> per-frame outputs of one member;
-    heatmaps never leave the function (memory stays O(frames), not O(frames * pixels))."""
-    key = (mc, k, mpe)
-    mpe_on, mpe_thr, mpe_norm = MPE_MODES[mpe]
-    if key in _PASSES:
-        return _PASSES[key]
-    model = HeatmapNet(mc, k)
-    stride = mc.output_stride
-    layer = _feature_layer(mc)
-
-    def fn(params, x, labels):
-        logits, state = model.apply(
-            params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
-            mutable=["intermediates"])
-        inter = state["intermediates"]
-        inter = inter["encoder"] if "encoder" in inter else inter   # the ResNet's stages
-        feat = inter[layer]["__call__"][0]                          # [B, h, w, C]
-        feat = jax.nn.relu(feat.astype(jnp.float32)).mean((1, 2))
-        kp, conf = decode_heatmaps(logits, stride)
-        return {
-            "keypoints": kp, "confidences": conf, "features": feat,
-            "gt_confidence": kernels.gt_confidence(logits, labels, stride=stride),
-            "gt_probability": kernels.gt_probability(logits, labels, stride=stride),
-            "mpe": kernels.multi_peak_entropy(
-                logits if mpe_on == "logits" else jax.nn.sigmoid(logits), window=MPE_WINDOW,
-                threshold=mpe_thr, normalize=mpe_norm, temperature=MPE_TEMPERATURE),
-        }
-
-    _PASSES[key] = jax.jit(fn)
-    return _PASSES[key]
-
-
 def member_outputs(result: EnsembleResult, members, images: np.ndarray, labels: np.ndarray,
                    *, batch_size: int = 64, bar=None, mpe: str = MPE_NORMALIZE
                    ) -> dict[str, np.ndarray]:
-    """Stacked `[len(members), F, ...]` outputs of `_member_pass_fn` on `images`."""
-    fn = _member_pass_fn(result.model_config, len(result.bodyparts), mpe)
-    n = images.shape[0]
-    bs = max(1, min(batch_size, n))
-    per_member = []
-    for m in members:
-        p = result.member_params(int(m))
-        chunks = []
-        for lo in range(0, n, bs):
-            x, y = images[lo:lo + bs], labels[lo:lo + bs]
-            pad = bs - x.shape[0]
-            if pad:  # one batch shape: one compile
-                x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-                y = np.concatenate([y, np.repeat(y[-1:], pad, 0)])
-            out = jax.device_get(fn(p, x, y.astype(np.float32)))
-            chunks.append({k: np.asarray(v)[:bs - pad] for k, v in out.items()})
-        per_member.append({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
-        if bar is not None:
-            bar.update(1)
-    return {k: np.stack([d[k] for d in per_member]).astype(np.float32) for k in per_member[0]}
+    """Stacked `[len(members), F, ...]` per-frame outputs of each member on `images`
+    (models/forward.py): keypoints, confidences, features, gt_confidence, gt_probability
+    and MPE in mode `mpe`; heatmaps never leave the device."""
+    return members_over_frames(result, members, images, labels, outputs=ANALYZE_OUTPUTS,
+                               batch_size=batch_size, bar=bar, mpe=mpe_mode(mpe))
+
+
+def mpe_mode(name: str = MPE_NORMALIZE) -> tuple:
+    """models/forward.py's `mpe` argument for MPE mode `name` (MPE_MODES)."""
+    return MPE_MODES[name] + (MPE_WINDOW, MPE_TEMPERATURE)
+
+
+ANALYZE_OUTPUTS = ("keypoints", "confidences", "features", "gt_confidence", "gt_probability",
+                   "mpe")
 
 
 # ---------------------------------------------------------------------- helpers
