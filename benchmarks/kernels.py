@@ -282,10 +282,9 @@ def bench_aum_tracking(args, rows):
     setups = {}
     for track in (False, True):
         tc = TrainConfig(batch_size=16, steps=1000, track_aum=track)
-        st = EnsembleTrainer(model, tc).setup(data, masks, np.arange(n_members),
-                                              np.ones(n_members))
-        spp = strategies.default_steps_per_program(path_backend(), tc.chunk_size)
-        setups[track] = (strategies.make_runner("sequential", st.member_step, spp, n_members, 1), st)
+        trainer = EnsembleTrainer(model, tc)
+        st = trainer.setup(data, masks, np.arange(n_members), np.ones(n_members))
+        setups[track] = (trainer.runner(st, "sequential", 1), st)
     # Interleaved repeats, so that a drift of the shared machine hits both sides alike.
     times = {False: math.inf, True: math.inf}
     for _ in range(args.repeats):

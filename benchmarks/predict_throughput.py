@@ -24,7 +24,6 @@ video.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -80,30 +79,18 @@ def _frames(n: int, h: int = 480, w: int = 640):
 
 def build_run(out: Path, members: int, image_size: int) -> Path:
     import jax
-    from flax import serialization
-    from ensemble_jax import io as eio
+    from ensemble_jax import rundir
     from ensemble_jax.data.synthetic import synthetic_dataset
     from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-    from ensemble_jax.sweep import _save_data
     from ensemble_jax.training.config import TrainConfig
     data = synthetic_dataset(8, image_size=image_size, seed=0)
     train, test = data.split(0.25, seed=0)
-    mc, tc = ModelConfig(), TrainConfig()
+    mc = ModelConfig()
     model = HeatmapNet(mc, data.n_keypoints)
     params = jax.vmap(lambda k: model.init(k, train.images[:1]))(
         jax.random.split(jax.random.key(0), members))
-    n, k = train.n_frames, data.n_keypoints
-    eio.write_json(out / "config.json", {"format_version": 1, "model": dataclasses.asdict(mc),
-                                         "train": dataclasses.asdict(tc), "members": members})
-    eio.save_npy(out / "subsets.npy", np.ones((members, n), np.int32))
-    _save_data(out / "data.npz", train, test)
-    eio.write_bytes(out / "params.msgpack", serialization.to_bytes(params))
-    eio.save_npz(out / "training.npz", losses=np.zeros((1, members), np.float32),
-                 aum_sum=np.zeros((members, n, k), np.float32),
-                 aum_count=np.zeros((members, n, k), np.int32),
-                 alive=np.ones(members, bool), diverged_at=np.full(members, -1))
-    eio.write_json(out / "summary.json", {"members": members, "strategy": "benchmark"})
-    return out
+    return rundir.write_untrained(out, train, test, mc, TrainConfig(), params,
+                                  strategy="benchmark")
 
 
 def main() -> None:

@@ -258,8 +258,7 @@ def main() -> None:
                 if (n == 1 and name != "sequential") or (g is not None and g > n):
                     continue
                 col = f"jax {name}" if g is None else f"jax unrolled/g{g}"
-                runners[col] = trainer_mod._runner(name, trainer._step_for(setup, name), spp, n,
-                                                   g or tc.members_per_program)
+                runners[col] = trainer.runner(setup, name, g or tc.members_per_program)
         # Each member of both torch variants starts from its JAX member's initial weights.
         inits = [load_flax_params(TorchHeatmapNet(mc.widths, mc.convs_per_stage, stride,
                                                   mc.head_width, data.n_keypoints),

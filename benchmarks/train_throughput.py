@@ -103,10 +103,8 @@ def one_core_loop(args) -> float | None:
 def one_core_worker(args) -> None:
     os.sched_setaffinity(0, {0})   # before jax starts its thread pools
     from ensemble_jax.training import strategies
-    from ensemble_jax.training.backend import path_backend
     trainer, s = build(4, args)
-    spp = strategies.default_steps_per_program(path_backend(), 50)
-    runner = strategies.make_runner("sequential", s.member_step, spp, 4, 1)
+    runner = trainer.runner(s, "sequential", 1)
     best = min(strategies.measure(runner, s.states, s.inputs, s.images, s.keypoints,
                                   probe_steps=args.steps)["step_s"] for _ in range(args.rounds))
     print(4 * args.batch_size / best)
@@ -125,7 +123,7 @@ def augment_share(args) -> None:
         cols = {}
         for aug in (False, True):
             trainer, s = build(n, args, augment=aug)
-            runner = strategies.make_runner(name, trainer._step_for(s, name), spp, n, 4)
+            runner = trainer.runner(s, name, 4)
             t0 = time.perf_counter()
             jax.block_until_ready(runner(s.states, s.inputs, s.images, s.keypoints, 0, spp)[0])
             cols[aug] = (runner, s, [], time.perf_counter() - t0)
@@ -233,18 +231,16 @@ def main() -> None:
                     continue
                 col = name if g is None else f"unrolled/g{g}"
                 # The trainer's own runner cache: 'auto' below reuses these programs.
-                add_column(col, trainer_mod._runner(name, trainer._step_for(setup, name), spp,
-                                                    n, g if g is not None else default_group),
+                add_column(col, trainer.runner(setup, name,
+                                               g if g is not None else default_group),
                            setup)
         setup_cores = None
         if mesh is not None and n > 1:
             _, setup_cores = build(n, args, mesh)
-            m_pad = int(setup_cores.inputs.subset_size.shape[0])
             for name in args.cores_strategies.split(","):
                 # The trainer's own cache again: 'auto' over the cores reuses these.
-                add_column(f"cores/{name}", trainer_mod._sharded_runner(
-                    name, trainer._step_for(setup_cores, name), spp, m_pad, default_group, mesh),
-                    setup_cores)
+                add_column(f"cores/{name}", trainer.runner(setup_cores, name, default_group),
+                           setup_cores)
         columns = list(runners)
         # Interleaved rounds: a drift of the shared machine hits every strategy alike;
         # each strategy's best round is its throughput.
@@ -267,8 +263,7 @@ def main() -> None:
         if setup_cores is not None:
             col = f"cores/{chosen}"
             if col not in row:   # a strategy not timed over the cores above: time it now
-                r = trainer_mod._sharded_runner(chosen, trainer._step_for(setup_cores, chosen),
-                                                spp, m_pad, default_group, mesh)
+                r = trainer.runner(setup_cores, chosen, default_group)
                 best_s = min(strategies.measure(r, setup_cores.states, setup_cores.inputs,
                                                 setup_cores.images, setup_cores.keypoints,
                                                 probe_steps=args.steps)["step_s"]

@@ -213,14 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sweep_configs(args: argparse.Namespace):
-    from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.sweep import SweepConfig
-    from ensemble_jax.training.config import TrainConfig
-    sweep, model, train = SweepConfig(), ModelConfig(), TrainConfig()
-    if args.smoke:
-        sweep = dataclasses.replace(sweep, synthetic_frames=120, fractions=(0.3, 0.9), n_seeds=1)
-        model = dataclasses.replace(model, widths=(8, 16, 32), head_width=16)
-        train = dataclasses.replace(train, steps=60, chunk_size=20)
+    from ensemble_jax.presets import preset
+    sweep, model, train = preset("smoke" if args.smoke else "default")
     def pick(**kw):
         return {k: v for k, v in kw.items() if v is not None}
     sweep = dataclasses.replace(sweep, **pick(

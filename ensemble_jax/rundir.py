@@ -25,7 +25,9 @@ Every write is atomic (`ensemble_jax.io`: temporary file, fsync, rename).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -299,6 +301,219 @@ def load_npz(path: str | os.PathLike, need: Iterable[str] = ()) -> dict[str, np.
 
 
 # -------------------------------------------------------------------------- writing
+def save_data(path: Path, train: Any, test: Any,
+              threshold_mask: np.ndarray | None = None) -> None:
+    """data.npz: the train/test frames at training resolution, labels, letterbox, and the
+    AUM threshold samples (bool, or int kinds of analysis/threshold.KINDS)."""
+    arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
+    if threshold_mask is not None:
+        arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
+        if np.asarray(threshold_mask).dtype != bool:   # kinds (analysis/threshold.KINDS)
+            arrays["train_threshold_kind"] = np.asarray(threshold_mask, np.int8)
+    for name, d in (("train", train), ("test", test)):
+        arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
+                       f"{name}_frame_ids": np.array(d.frame_ids),
+                       f"{name}_letterbox": d.letterbox,
+                       f"{name}_original_sizes": d.original_sizes})
+        if d.noise_mask is not None:
+            arrays[f"{name}_noise_mask"] = d.noise_mask
+    eio.save_npz(path, **arrays)
+
+
+def write_untrained(out: Path, train: Any, test: Any, model_config: Any, train_config: Any,
+                    params: Any, *, alive: np.ndarray | None = None,
+                    strategy: str = "untrained") -> Path:
+    """A run directory as `sweep` writes it around given (e.g. freshly initialised)
+    stacked parameters [M, ...], every member on every frame, for tests and benchmarks of
+    its readers (predict, report). No manifest: `load` reads it, `analyze` refuses it."""
+    import jax
+    from flax import serialization
+    m = int(jax.tree_util.tree_leaves(params)[0].shape[0])
+    n, k = train.n_frames, train.n_keypoints
+    alive = np.ones(m, bool) if alive is None else np.asarray(alive, bool)
+    eio.write_json(out / "config.json", {
+        "format_version": 1, "model": dataclasses.asdict(model_config),
+        "train": dataclasses.asdict(train_config), "members": m})
+    eio.save_npy(out / "subsets.npy", np.ones((m, n), np.int32))
+    save_data(out / "data.npz", train, test)
+    eio.write_bytes(out / "params.msgpack", serialization.to_bytes(params))
+    eio.save_npz(out / "training.npz", losses=np.zeros((1, m), np.float32),
+                 aum_sum=np.zeros((m, n, k), np.float32),
+                 aum_count=np.zeros((m, n, k), np.int32),
+                 alive=alive, diverged_at=np.where(alive, -1, 0))
+    eio.write_json(out / "summary.json", {"members": m, "strategy": strategy})
+    return out
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The settings that differ between two configurations (nested dicts, as config.json
+    holds them), one 'name (old -> new)' each; [] when they agree. Both are compared in
+    their JSON form (tuples as lists, non-finite floats as config.json writes them)."""
+    old, new = (eio._finite(json.loads(json.dumps(x, default=eio._json_default)))
+                for x in (old, new))
+    return sorted(_diff(old, new, prefix))
+
+
+def _diff(a: Any, b: Any, prefix: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')} ({a!r} -> {b!r})"]
+
+
+def _dataclass_from(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclasses.dataclass
+class Run:
+    """A run directory as its readers see it (`load`); each part is read on first use."""
+    path: Path
+    config: dict
+
+    @functools.cached_property
+    def summary(self) -> dict:
+        """summary.json; {} while the sweep is unfinished."""
+        p = self.path / "summary.json"
+        return load_json(p) if p.exists() else {}
+
+    @functools.cached_property
+    def masks(self) -> np.ndarray:
+        """int [M, n_train]: the subset plan (bootstrap counts or 0/1)."""
+        masks = load_npy(self.path / "subsets.npy")
+        if masks.ndim != 2 or masks.dtype.kind not in "iub":
+            raise RunDirError(f"{self.path / 'subsets.npy'}: damaged (expected an integer "
+                              f"[members, frames] array, got {masks.dtype} {masks.shape})")
+        return masks.astype(np.int64)
+
+    @functools.cached_property
+    def training(self) -> dict[str, np.ndarray]:
+        return load_npz(self.path / "training.npz", need=(
+            "aum_sum", "aum_count", "losses", "alive", "diverged_at"))
+
+    @property
+    def alive(self) -> np.ndarray:
+        return self.training["alive"].astype(bool)
+
+    @functools.cached_property
+    def _data(self) -> dict[str, np.ndarray]:
+        return load_npz(self.path / "data.npz", need=["bodyparts"] + [
+            f"{s}_{a}" for s in ("train", "test")
+            for a in ("images", "keypoints", "frame_ids", "letterbox", "original_sizes")])
+
+    def _split(self, name: str) -> Any:
+        from ensemble_jax.data.dataset import KeypointDataset
+        z = self._data
+        return KeypointDataset(
+            images=z[f"{name}_images"], keypoints=z[f"{name}_keypoints"],
+            bodyparts=[str(b) for b in z["bodyparts"]],
+            frame_ids=[str(f) for f in z[f"{name}_frame_ids"]],
+            noise_mask=z.get(f"{name}_noise_mask"), letterbox=z[f"{name}_letterbox"],
+            original_sizes=z[f"{name}_original_sizes"], source=str(self.path))
+
+    @functools.cached_property
+    def train(self) -> Any:
+        """The KeypointDataset the run was trained on (data.npz)."""
+        return self._split("train")
+
+    @functools.cached_property
+    def test(self) -> Any:
+        """The KeypointDataset it was scored on (data.npz)."""
+        return self._split("test")
+
+    @property
+    def threshold_mask(self) -> np.ndarray | None:
+        """bool [n_train, K]: the AUM threshold samples, None for runs from before them."""
+        z = self._data
+        return z["train_threshold_mask"].astype(bool) if "train_threshold_mask" in z else None
+
+    @functools.cached_property
+    def predictions(self) -> dict[str, np.ndarray]:
+        return eio.load_npz(self.path / "predictions.npz")
+
+    @property
+    def member_fraction(self) -> np.ndarray:
+        return np.asarray(self.config["layout"]["member_fraction"], float)
+
+    @property
+    def member_seed(self) -> np.ndarray:
+        return np.asarray(self.config["layout"]["member_seed"], int)
+
+    @property
+    def fractions(self) -> list[float]:
+        return sorted(set(float(f) for f in self.member_fraction))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(set(int(s) for s in self.member_seed))
+
+    def member(self, fraction: float, seed: int) -> int | None:
+        hit = np.flatnonzero(np.isclose(self.member_fraction, fraction)
+                             & (self.member_seed == seed))
+        return int(hit[0]) if hit.size else None
+
+    @functools.cached_property
+    def result(self) -> Any:
+        """The trained `EnsembleResult` (parameters from params.msgpack, configs from
+        config.json, masks, AUM and liveness from subsets.npy and training.npz)."""
+        import jax
+        import jax.numpy as jnp
+        from flax import serialization
+
+        from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
+        from ensemble_jax.training.config import TrainConfig
+        from ensemble_jax.training.result import EnsembleResult
+        run, config = self.path, self.config
+        if not {"model", "train"} <= set(config):
+            load_json(run / "config.json", need=("model", "train"))   # names what lacks
+        try:
+            mc = _dataclass_from(ModelConfig, config["model"])
+            tc = _dataclass_from(TrainConfig, config["train"])
+        except (AttributeError, TypeError, ValueError) as e:
+            raise RunDirError(f"{run / 'config.json'}: damaged (model/train settings: "
+                              f"{e})") from e
+        data = load_npz(run / "data.npz", need=("bodyparts", "train_images"))
+        bodyparts = [str(b) for b in data["bodyparts"]]
+        image_shape = tuple(int(s) for s in data["train_images"].shape[1:])
+        masks, training = self.masks, self.training
+        m = int(masks.shape[0])
+        model = HeatmapNet(mc, len(bodyparts))
+        # Shapes only (eval_shape traces, never compiles): the restore target.
+        single = jax.eval_shape(model.init, jax.random.key(0),
+                                jax.ShapeDtypeStruct((1,) + image_shape, jnp.uint8))
+        target = jax.tree_util.tree_map(lambda x: np.zeros((m,) + tuple(x.shape), x.dtype),
+                                        single)
+        raw = (run / "params.msgpack").read_bytes()
+        try:
+            params = serialization.from_bytes(target, raw)
+        except Exception as e:
+            raise ValueError(f"{run / 'params.msgpack'}: cannot restore parameters for this "
+                             f"model and {m} members ({type(e).__name__}: {e})") from e
+        shapes = [(np.shape(a), np.shape(b)) for a, b in zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))]
+        bad = [s for s in shapes if s[0] != s[1]]
+        if bad:
+            raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not "
+                             f"match the model of config.json ({bad[0][1]})")
+        return EnsembleResult(
+            model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
+            bodyparts=bodyparts, image_shape=image_shape,
+            aum_sum=training["aum_sum"], aum_count=training["aum_count"],
+            losses=training["losses"], alive=training["alive"].astype(bool),
+            diverged_at=training["diverged_at"],
+            strategy=str(self.summary.get("strategy", "unknown")), timing={})
+
+
+def load(run_dir: str | os.PathLike) -> Run:
+    """The one reader of a run directory (analyze, sweep --resume, predict, report and the
+    experiments): config.json now, every other part on first use."""
+    path = Path(run_dir)
+    return Run(path=path, config=load_json(path / "config.json"))
+
+
 class RunDir:
     """The one writer of a run directory: atomic writes that record each file's
     checksum in the manifest's file table."""

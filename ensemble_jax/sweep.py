@@ -330,8 +330,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
     if state == "ours":
         manifest = rundir.read_manifest(out)
         old = _read_config(config_path)
-        new = eio._finite(json.loads(json.dumps(prep.config, default=eio._json_default)))
-        diff = sorted(_diff(old, new)) if old is not None else []
+        diff = rundir.config_diff(old, prep.config) if old is not None else []
         has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
         if resume:
             if diff:
@@ -365,7 +364,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
         rd.create(prep.fingerprint)      # the manifest first: from now on the folder is ours
     rd.write_json("config.json", prep.config)
     rd.save_npy("subsets.npy", prep.masks.astype(np.int32))
-    _save_data(out / "data.npz", prep.train, prep.test, prep.threshold_mask)
+    rundir.save_data(out / "data.npz", prep.train, prep.test, prep.threshold_mask)
     rd.record("data.npz")
     return rd
 
@@ -515,54 +514,6 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
                              {float(k): v["ensemble_test_mean_px"] for k, v in per_fraction.items()},
                              ev["mean_pose_baseline_px"])
     return summary
-
-
-def _save_data(path: Path, train: KeypointDataset, test: KeypointDataset,
-               threshold_mask: np.ndarray | None = None) -> None:
-    arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
-    if threshold_mask is not None:
-        arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
-        if np.asarray(threshold_mask).dtype != bool:   # kinds (analysis/threshold.KINDS)
-            arrays["train_threshold_kind"] = np.asarray(threshold_mask, np.int8)
-    for name, d in (("train", train), ("test", test)):
-        arrays.update({f"{name}_images": d.images, f"{name}_keypoints": d.keypoints,
-                       f"{name}_frame_ids": np.array(d.frame_ids),
-                       f"{name}_letterbox": d.letterbox,
-                       f"{name}_original_sizes": d.original_sizes})
-        if d.noise_mask is not None:
-            arrays[f"{name}_noise_mask"] = d.noise_mask
-    eio.save_npz(path, **arrays)
-
-
-def load_split(run_dir: str | Path) -> tuple[KeypointDataset, KeypointDataset]:
-    """The (train, test) frames a run was trained and scored on, from `data.npz`."""
-    z = rundir.load_npz(Path(run_dir) / "data.npz", need=["bodyparts"] + [
-        f"{s}_{a}" for s in ("train", "test")
-        for a in ("images", "keypoints", "frame_ids", "letterbox", "original_sizes")])
-    bp = [str(b) for b in z["bodyparts"]]
-    def ds(name):
-        return KeypointDataset(
-            images=z[f"{name}_images"], keypoints=z[f"{name}_keypoints"], bodyparts=bp,
-            frame_ids=[str(f) for f in z[f"{name}_frame_ids"]],
-            noise_mask=z.get(f"{name}_noise_mask"), letterbox=z[f"{name}_letterbox"],
-            original_sizes=z[f"{name}_original_sizes"], source=str(run_dir))
-    return ds("train"), ds("test")
-
-
-def load_threshold_mask(run_dir: str | Path) -> np.ndarray | None:
-    """bool [n_train, K]: the AUM threshold samples of a run (`data.npz`), None if the run
-    has none recorded (runs from before threshold samples)."""
-    z = eio.load_npz(Path(run_dir) / "data.npz")
-    return z["train_threshold_mask"].astype(bool) if "train_threshold_mask" in z else None
-
-
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [f"{prefix.rstrip('.')} ({a!r} -> {b!r})"]
 
 
 def _describe(summary: dict) -> str:

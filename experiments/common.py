@@ -51,12 +51,6 @@ if str(REPO) not in sys.path:  # `python experiments/x.py` from anywhere
     sys.path.insert(0, str(REPO))
 
 DEFAULT_OUT = "runs/studies"
-QUICK_FRACTIONS = (0.3, 0.6, 0.9)
-QUICK_SEEDS = 2
-QUICK_FRAMES = 120
-QUICK_STEPS = 60
-QUICK_IMAGE_SIZE = 32
-QUICK_DATA_IMAGE_SIZE = 64       # --quick --data: letterboxed training resolution
 DATA_IMAGE_SIZE = 128            # --data without --image-size
 
 
@@ -106,18 +100,9 @@ def sweep_configs(args: argparse.Namespace, *, plan: str = "nested",
                   model_overrides: dict | None = None, train_overrides: dict | None = None,
                   **sweep_overrides: Any):
     """(SweepConfig, ModelConfig, TrainConfig) for the studies' arguments."""
-    from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.sweep import SweepConfig
-    from ensemble_jax.training.config import TrainConfig
-    sweep, model, train = SweepConfig(), ModelConfig(), TrainConfig()
-    if args.quick:
-        sweep = dataclasses.replace(sweep, synthetic_frames=QUICK_FRAMES,
-                                    fractions=QUICK_FRACTIONS, n_seeds=QUICK_SEEDS,
-                                    image_size=QUICK_DATA_IMAGE_SIZE if args.data
-                                    else QUICK_IMAGE_SIZE)
-        model = dataclasses.replace(model, widths=(8, 16, 32), head_width=16)
-        train = dataclasses.replace(train, steps=QUICK_STEPS, chunk_size=20,
-                                    strategy="sequential")
+    from ensemble_jax.presets import preset
+    sweep, model, train = preset("quick" if args.quick else "default",
+                                 real_data=bool(args.data))
     kw: dict[str, Any] = {"plan": plan, "data": args.data, "format": args.format}
     if args.image_size is not None:
         kw["image_size"] = int(args.image_size)
@@ -152,6 +137,7 @@ def _config_dict(sweep, model, train) -> dict:
 def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
                  log: Callable[[str], None] = print, **config_overrides: Any) -> Path:
     """OUT/<name>: reused if complete with the same configuration, else trained."""
+    from ensemble_jax import rundir
     from ensemble_jax.sweep import run_sweep
     sweep, model, train = sweep_configs(args, **config_overrides)
     run = Path(args.out) / name
@@ -163,7 +149,8 @@ def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
             have = json.loads(cfg_path.read_text())
         except (OSError, json.JSONDecodeError):
             have = None
-        same = have is not None and all(have.get(k) == want[k] for k in want)
+        same = have is not None and not rundir.config_diff({k: have.get(k) for k in want},
+                                                           want)
         if same and summary_path.is_file() and (run / "predictions.npz").is_file():
             log(f"reusing the trained sweep in {run} (same configuration)")
             return run
@@ -181,49 +168,10 @@ def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
     return run
 
 
-@dataclasses.dataclass
-class Run:
-    path: Path
-    config: dict
-    summary: dict
-    masks: np.ndarray             # int [M, n]
-    member_fraction: np.ndarray   # float [M]
-    member_seed: np.ndarray       # int [M]
-    alive: np.ndarray             # bool [M]
-    predictions: dict
-    train: Any
-    test: Any
-    threshold_mask: np.ndarray | None
-
-    @property
-    def fractions(self) -> list[float]:
-        return sorted(set(float(f) for f in self.member_fraction))
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(set(int(s) for s in self.member_seed))
-
-    def member(self, fraction: float, seed: int) -> int | None:
-        hit = np.flatnonzero(np.isclose(self.member_fraction, fraction)
-                             & (self.member_seed == seed))
-        return int(hit[0]) if hit.size else None
-
-
-def load_run(run_dir: str | Path) -> Run:
-    from ensemble_jax import io as eio
-    from ensemble_jax.sweep import load_split, load_threshold_mask
-    run = Path(run_dir)
-    config = json.loads((run / "config.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
-    train, test = load_split(run)
-    training = eio.load_npz(run / "training.npz")
-    return Run(path=run, config=config, summary=summary,
-               masks=np.load(run / "subsets.npy").astype(np.int64),
-               member_fraction=np.asarray(config["layout"]["member_fraction"], float),
-               member_seed=np.asarray(config["layout"]["member_seed"], int),
-               alive=training["alive"].astype(bool),
-               predictions=eio.load_npz(run / "predictions.npz"),
-               train=train, test=test, threshold_mask=load_threshold_mask(run))
+def load_run(run_dir: str | Path) -> "rundir.Run":
+    """`rundir.load`: config, summary, masks, layout, alive, predictions, train/test."""
+    from ensemble_jax import rundir
+    return rundir.load(run_dir)
 
 
 def study_dir(args: argparse.Namespace, name: str) -> Path:

@@ -254,8 +254,7 @@ def main(argv=None) -> dict:
 
     # ----- figure: strongest pair, detections with and without the training frame
     try:
-        from ensemble_jax.analysis.analyze import load_result
-        res = load_result(run.path)
+        res = run.result
         p = res.predict(test.images[pt:pt + 1], heatmaps=True, members=members.tolist())
         heat = 1 / (1 + np.exp(-p.heatmaps[:, 0]))                      # [M, K, h, w]
     except Exception as e:  # the figure still shows detections without the maps

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import jax
@@ -22,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset  # noqa: E402
 from ensemble_jax.subsets import random_subsets  # noqa: E402
 from ensemble_jax.training import backend, sharding, strategies  # noqa: E402
+from ensemble_jax.training.step import make_train  # noqa: E402
+from ensemble_jax.training.trainer import member_inputs  # noqa: E402
 
 # The smallest network with every part of the real one (encoder stage, skip, head).
 TINY = ModelConfig(widths=(4,), head_width=4, output_stride=2)
@@ -103,6 +106,26 @@ def main(out: Path) -> None:
         report["auto"]["log"] = logs
         report["seconds"]["auto"] = time.perf_counter() - t0
     report["compiles_total"] = compiles["chunk_program"]
+    # The specification: every strategy, on either path, sharded or not, computes
+    # jax.vmap(make_train(...)) (one scan of the member step per member) to float tolerance.
+    m = masks.shape[0]
+    spec_states, spec_losses = jax.jit(jax.vmap(
+        make_train(TINY, tc(), data.images.shape[1:3], data.n_keypoints, n_steps=RUN),
+        in_axes=(0, None, None)))(
+        member_inputs(masks.astype(np.int32), np.arange(m), tc()),
+        data.images, data.keypoints)
+    spec = SimpleNamespace(params=spec_states.params, aum_sum=np.asarray(spec_states.aum_sum),
+                           aum_count=np.asarray(spec_states.aum_count),
+                           losses=np.concatenate([np.asarray(spec_losses).T,
+                                                  np.full((tc().steps - RUN, m), np.nan)]))
+    report["spec"] = {}
+    for path, forced in (("accelerator", True), ("cpu", False)):
+        with backend.accelerator_paths(forced):
+            for name in STRATEGIES:
+                for where, mm in (("single", None), ("sharded", mesh)):
+                    res = EnsembleTrainer(TINY, tc(strategy=name)).fit(
+                        data, masks, progress=False, mesh=mm, stop_after=RUN)
+                    report["spec"][f"{path} {where} {name}"] = summary(res, spec)
     out.write_text(json.dumps(report, indent=1))
 
 

@@ -82,6 +82,16 @@ def test_every_strategy_on_the_accelerator_path_equals_the_cpu_path(forced, wher
     assert r["compiles"] == 1, r
 
 
+def test_every_strategy_equals_the_specification(forced):
+    """step.make_train vmapped over members is the whole ensemble: every strategy on both
+    paths, on one device and sharded over two (4 members: 2 per device), computes it."""
+    spec = forced["spec"]
+    assert len(spec) == 2 * 2 * len(W.STRATEGIES)
+    for where, r in spec.items():
+        assert r["params"] < 1e-5 and r["losses"] < 1e-5, (where, r)
+        assert r["aum_sum"] < 1e-4 and r["aum_count_equal"], (where, r)
+
+
 def test_auto_probe_is_a_small_share_and_compiles_no_program_twice(forced):
     a = forced["auto"]
     assert a["candidates"] == ["vmap", "vmap_matmul", "unrolled", "sequential"]
@@ -96,11 +106,11 @@ def test_auto_probe_is_a_small_share_and_compiles_no_program_twice(forced):
     assert any("resumed from step 70" in m for m in a["log"]), a["log"]
 
 
-class _CountingRunner(strategies.ChunkRunner):
+class _CountingRunner(strategies.Runner):
     """Records the step counts `measure` asks for; runs nothing."""
 
     def __init__(self, spp, paths):
-        super().__init__(spp, paths)
+        super().__init__(strategies.get("sequential"), None, spp, 1, 1, backend=paths)
         self.name, self.calls = "fake", []
 
     def __call__(self, states, inputs, images, keypoints, start, n_steps):
@@ -146,7 +156,7 @@ def _failing_build(monkeypatch, failing, when):
     """The runners of the strategies in `failing` raise when their program is built
     (when='build') or when it runs (when='run'); the others are untouched (and keep the
     programs they compiled before)."""
-    original = strategies.ChunkRunner._program
+    original = strategies.Runner._program
 
     def program(self, length):
         if self.name in failing:
@@ -157,7 +167,7 @@ def _failing_build(monkeypatch, failing, when):
                 raise jax.errors.JaxRuntimeError(OOM + "\n" + "allocator detail\n" * 50)
             return run
         return original(self, length)
-    monkeypatch.setattr(strategies.ChunkRunner, "_program", program)
+    monkeypatch.setattr(strategies.Runner, "_program", program)
 
 
 @pytest.mark.parametrize("when", ["build", "run"])

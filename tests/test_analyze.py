@@ -11,10 +11,11 @@ import pytest
 from ensemble_jax import cli, rundir
 from ensemble_jax import io as eio
 from ensemble_jax.analysis import aum as aum_lib
-from ensemble_jax.analysis.analyze import METRICS, analyze, load_result
+from ensemble_jax import rundir
+from ensemble_jax.analysis.analyze import METRICS, analyze
 from ensemble_jax.analysis.threshold import inject_threshold_samples
 from ensemble_jax.models.heatmap_net import ModelConfig
-from ensemble_jax.sweep import SweepConfig, load_split, load_threshold_mask, run_sweep
+from ensemble_jax.sweep import SweepConfig, run_sweep
 from ensemble_jax.training.config import TrainConfig
 
 
@@ -109,8 +110,8 @@ def run_dir(tmp_path_factory):
 def test_analyze_outputs(run_dir):
     logs = []
     out = analyze(run_dir, progress=False, log=logs.append)
-    train, test = load_split(run_dir)
-    thr = load_threshold_mask(run_dir)
+    run = rundir.load(run_dir)
+    train, test, thr = run.train, run.test, run.threshold_mask
     n, t, k = train.n_frames, test.n_frames, train.n_keypoints
     bps = list(train.bodyparts)
     assert thr.shape == (n, k) and thr.sum() == round(0.1 * train.labeled.any(1).sum())
@@ -198,8 +199,8 @@ def test_report_of_a_run(run_dir):
 
 
 def test_load_result_matches_sweep_predictions(run_dir):
-    result = load_result(run_dir)
-    _, test = load_split(run_dir)
+    result = rundir.load(run_dir).result
+    test = rundir.load(run_dir).test
     z = eio.load_npz(run_dir / "predictions.npz")
     p = result.predict(test.images)
     np.testing.assert_allclose(test.to_original(p.keypoints), z["test_keypoints"], atol=1e-4)

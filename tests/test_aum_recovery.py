@@ -19,7 +19,8 @@ import pandas as pd
 from ensemble_jax.analysis.analyze import analyze
 from ensemble_jax.analysis.aum import roc_auc
 from ensemble_jax.models.heatmap_net import ModelConfig
-from ensemble_jax.sweep import SweepConfig, load_split, load_threshold_mask, run_sweep
+from ensemble_jax import rundir
+from ensemble_jax.sweep import SweepConfig, run_sweep
 from ensemble_jax.training.config import TrainConfig
 
 SEED = 2
@@ -42,8 +43,7 @@ def test_aum_ranks_planted_noise(tmp_path):
     auc = a["roc_auc_vs_planted_noise"]
 
     # Recompute from the tables, independently of analyze's bookkeeping.
-    train, _ = load_split(run)
-    thr = load_threshold_mask(run)
+    train, thr = rundir.load(run).train, rundir.load(run).threshold_mask
     df = pd.read_csv(run / "aum.csv")
     assert thr.sum() == round(0.05 * train.labeled.any(1).sum()) == df.threshold_sample.sum()
     real = df[(df.threshold_sample == 0) & df.aum.notna()]

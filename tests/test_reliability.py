@@ -193,8 +193,8 @@ def test_diverged_member_in_a_sweep(tmp_path):
     for row in on_disk["per_fraction"].values():
         assert 1 not in row["members"]
     # the other members are untouched
-    from ensemble_jax.analysis.analyze import load_result
-    a, b = load_result(tmp_path / "base"), load_result(tmp_path / "div")
+    from ensemble_jax import rundir
+    a, b = rundir.load(tmp_path / "base").result, rundir.load(tmp_path / "div").result
     assert list(b.alive) == [True, False, True] and a.alive.all()
     for m in (0, 2):
         np.testing.assert_array_equal(flat(b.member_params(m)), flat(a.member_params(m)))

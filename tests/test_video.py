@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble_jax import io as eio
+from ensemble_jax import rundir
 from ensemble_jax.cli import main
 from ensemble_jax.data.dataset import DatasetError
 from ensemble_jax.data.letterbox import letterbox_image, to_original
@@ -59,31 +59,19 @@ def _scene(i: int, h: int = 48, w: int = 64) -> np.ndarray:
 def run_dir(tmp_path_factory) -> Path:
     """A run directory as `sweep` writes it, 3 members, member 2 diverged."""
     import jax
-    from flax import serialization
     from ensemble_jax.data.synthetic import synthetic_dataset
     from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-    from ensemble_jax.sweep import _save_data
     from ensemble_jax.training.config import TrainConfig
 
     out = tmp_path_factory.mktemp("run")
     data = synthetic_dataset(12, image_size=SIZE, seed=1)
     train, test = data.split(0.25, seed=0)
     mc = dataclasses.replace(ModelConfig(), widths=(8, 16), head_width=8)
-    tc = TrainConfig(steps=1)
     model = HeatmapNet(mc, data.n_keypoints)
     keys = jax.random.split(jax.random.key(3), 3)
     params = jax.vmap(lambda k: model.init(k, train.images[:1]))(keys)
-    m, n, k = 3, train.n_frames, data.n_keypoints
-    eio.write_json(out / "config.json", {"format_version": 1, "model": dataclasses.asdict(mc),
-                                         "train": dataclasses.asdict(tc), "members": m})
-    eio.save_npy(out / "subsets.npy", np.ones((m, n), np.int32))
-    _save_data(out / "data.npz", train, test)
-    eio.write_bytes(out / "params.msgpack", serialization.to_bytes(params))
-    eio.save_npz(out / "training.npz", losses=np.zeros((1, m), np.float32),
-                 aum_sum=np.zeros((m, n, k), np.float32), aum_count=np.zeros((m, n, k), np.int32),
-                 alive=np.array([True, True, False]), diverged_at=np.array([-1, -1, 0]))
-    eio.write_json(out / "summary.json", {"members": m, "strategy": "vmap"})
-    return out
+    return rundir.write_untrained(out, train, test, mc, TrainConfig(steps=1), params,
+                                  alive=np.array([True, True, False]), strategy="vmap")
 
 
 @pytest.fixture(scope="module")
@@ -399,11 +387,10 @@ def test_cli_smoke_sweep_predict_suggest(tmp_path, video):
 
 def test_sweep_writes_test_frames_as_dlc_csvs(run_dir, tmp_path):
     """What `sweep` adds beside predictions.npz: alive members + the ensemble it scores."""
-    from ensemble_jax.sweep import load_split
     from ensemble_jax.training.result import consensus
     from ensemble_jax.video.predict import write_split_csvs
     result = load_run(run_dir)
-    _, test = load_split(run_dir)
+    test = rundir.load(run_dir).test
     p = result.predict(test.images)
     paths = write_split_csvs(tmp_path, result, test, p)
     assert [q.relative_to(tmp_path / "test-predictions").as_posix() for q in paths] == [

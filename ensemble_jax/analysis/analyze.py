@@ -50,24 +50,20 @@ warning.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ensemble_jax import io as eio
+from ensemble_jax import rundir
 from ensemble_jax import kernels
 from ensemble_jax.analysis import aum as aum_lib
 from ensemble_jax.analysis import figures, metrics
-from ensemble_jax.models.decode import decode_heatmaps
-from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.models.forward import members_over_frames
 from ensemble_jax.training.result import EnsembleResult, consensus
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
@@ -82,133 +78,24 @@ MPE_NORMALIZE = "softmax"
 TOP = 10
 
 
-# ----------------------------------------------------------------------- loading
-def _dataclass_from(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def load_result(run_dir: str | Path) -> EnsembleResult:
-    """Rebuilds the trained `EnsembleResult` of a run directory (parameters from
-    `params.msgpack`, configs from `config.json`, masks, AUM and liveness from
-    `subsets.npy` and `training.npz`)."""
-    from flax import serialization
-    run = Path(run_dir)
-    from ensemble_jax import rundir
-    config = rundir.load_json(run / "config.json", need=("model", "train"))
-    try:
-        mc = _dataclass_from(ModelConfig, config["model"])
-        tc = _dataclass_from(TrainConfig, config["train"])
-    except (AttributeError, TypeError, ValueError) as e:
-        raise rundir.RunDirError(f"{run / 'config.json'}: damaged (model/train settings: "
-                                 f"{e})") from e
-    data = rundir.load_npz(run / "data.npz", need=("bodyparts", "train_images"))
-    bodyparts = [str(b) for b in data["bodyparts"]]
-    image_shape = tuple(int(s) for s in data["train_images"].shape[1:])
-    masks = rundir.load_npy(run / "subsets.npy")
-    if masks.ndim != 2 or masks.dtype.kind not in "iub":
-        raise rundir.RunDirError(f"{run / 'subsets.npy'}: damaged (expected an integer "
-                                 f"[members, frames] array, got {masks.dtype} {masks.shape})")
-    training = rundir.load_npz(run / "training.npz", need=(
-        "aum_sum", "aum_count", "losses", "alive", "diverged_at"))
-    m = int(masks.shape[0])
-    model = HeatmapNet(mc, len(bodyparts))
-    # Shapes only (eval_shape traces, never compiles): the restore target.
-    single = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1,) + image_shape, jnp.uint8))
-    target = jax.tree_util.tree_map(lambda x: np.zeros((m,) + tuple(x.shape), x.dtype), single)
-    raw = (run / "params.msgpack").read_bytes()
-    try:
-        params = serialization.from_bytes(target, raw)
-    except Exception as e:
-        raise ValueError(f"{run / 'params.msgpack'}: cannot restore parameters for this "
-                         f"model and {m} members ({type(e).__name__}: {e})") from e
-    shapes = [(np.shape(a), np.shape(b)) for a, b in zip(
-        jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(target))]
-    bad = [s for s in shapes if s[0] != s[1]]
-    if bad:
-        raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not match "
-                         f"the model of config.json ({bad[0][1]})")
-    summary_path = run / "summary.json"
-    summary = rundir.load_json(summary_path) if summary_path.exists() else {}
-    return EnsembleResult(
-        model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
-        bodyparts=bodyparts, image_shape=image_shape,
-        aum_sum=training["aum_sum"], aum_count=training["aum_count"],
-        losses=training["losses"], alive=training["alive"].astype(bool),
-        diverged_at=training["diverged_at"], strategy=str(summary.get("strategy", "unknown")),
-        timing={})
-
-
 # ----------------------------------------------------------------- forward pass
-def _feature_layer(mc: ModelConfig) -> str:
-    """Name of the deepest encoder convolution (HeatmapNet creates Conv_0 for the stem,
-    then 1 + convs_per_stage convolutions per stage, in order; the ResNet encoder's deepest
-    stage is its module 'layer4')."""
-    if getattr(mc, "encoder", "small") == "resnet":
-        return "layer4"
-    return f"Conv_{len(mc.widths) * (1 + mc.convs_per_stage)}"
-
-
-_PASSES: dict = {}
-
-
-def _member_pass_fn(mc: ModelConfig, k: int, mpe: str = MPE_NORMALIZE):
-    """Jitted (params, images [B,H,W,C], labels [B,K,2]) -> per-frame outputs of one member;
-    heatmaps never leave the function (memory stays O(frames), not O(frames * pixels))."""
-    key = (mc, k, mpe)
-    mpe_on, mpe_thr, mpe_norm = MPE_MODES[mpe]
-    if key in _PASSES:
-        return _PASSES[key]
-    model = HeatmapNet(mc, k)
-    stride = mc.output_stride
-    layer = _feature_layer(mc)
-
-    def fn(params, x, labels):
-        logits, state = model.apply(
-            params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
-            mutable=["intermediates"])
-        inter = state["intermediates"]
-        inter = inter["encoder"] if "encoder" in inter else inter   # the ResNet's stages
-        feat = inter[layer]["__call__"][0]                          # [B, h, w, C]
-        feat = jax.nn.relu(feat.astype(jnp.float32)).mean((1, 2))
-        kp, conf = decode_heatmaps(logits, stride)
-        return {
-            "keypoints": kp, "confidences": conf, "features": feat,
-            "gt_confidence": kernels.gt_confidence(logits, labels, stride=stride),
-            "gt_probability": kernels.gt_probability(logits, labels, stride=stride),
-            "mpe": kernels.multi_peak_entropy(
-                logits if mpe_on == "logits" else jax.nn.sigmoid(logits), window=MPE_WINDOW,
-                threshold=mpe_thr, normalize=mpe_norm, temperature=MPE_TEMPERATURE),
-        }
-
-    _PASSES[key] = jax.jit(fn)
-    return _PASSES[key]
-
-
 def member_outputs(result: EnsembleResult, members, images: np.ndarray, labels: np.ndarray,
                    *, batch_size: int = 64, bar=None, mpe: str = MPE_NORMALIZE
                    ) -> dict[str, np.ndarray]:
-    """Stacked `[len(members), F, ...]` outputs of `_member_pass_fn` on `images`."""
-    fn = _member_pass_fn(result.model_config, len(result.bodyparts), mpe)
-    n = images.shape[0]
-    bs = max(1, min(batch_size, n))
-    per_member = []
-    for m in members:
-        p = result.member_params(int(m))
-        chunks = []
-        for lo in range(0, n, bs):
-            x, y = images[lo:lo + bs], labels[lo:lo + bs]
-            pad = bs - x.shape[0]
-            if pad:  # one batch shape: one compile
-                x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-                y = np.concatenate([y, np.repeat(y[-1:], pad, 0)])
-            out = jax.device_get(fn(p, x, y.astype(np.float32)))
-            chunks.append({k: np.asarray(v)[:bs - pad] for k, v in out.items()})
-        per_member.append({k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]})
-        if bar is not None:
-            bar.update(1)
-    return {k: np.stack([d[k] for d in per_member]).astype(np.float32) for k in per_member[0]}
+    """Stacked `[len(members), F, ...]` per-frame outputs of each member on `images`
+    (models/forward.py): keypoints, confidences, features, gt_confidence, gt_probability
+    and MPE in mode `mpe`; heatmaps never leave the device."""
+    return members_over_frames(result, members, images, labels, outputs=ANALYZE_OUTPUTS,
+                               batch_size=batch_size, bar=bar, mpe=mpe_mode(mpe))
+
+
+def mpe_mode(name: str = MPE_NORMALIZE) -> tuple:
+    """models/forward.py's `mpe` argument for MPE mode `name` (MPE_MODES)."""
+    return MPE_MODES[name] + (MPE_WINDOW, MPE_TEMPERATURE)
+
+
+ANALYZE_OUTPUTS = ("keypoints", "confidences", "features", "gt_confidence", "gt_probability",
+                   "mpe")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -293,7 +180,6 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         raise FileNotFoundError(f"{run}: the sweep that writes this run directory has not "
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
-    from ensemble_jax import rundir
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
     with runlock.locked(run, "analyze", warn=log):
         # parameters, data and settings must be the ones this run's sweep wrote
@@ -317,11 +203,9 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     from ensemble_jax.analysis import suspects as sus
     from ensemble_jax.analysis import uncertainty as unc
     from ensemble_jax.analysis.threshold import KINDS
-    from ensemble_jax.sweep import load_split, load_threshold_mask
     t0 = time.perf_counter()
-    train, test = load_split(run)
-    thr = load_threshold_mask(run)
-    result = load_result(run)
+    loaded = rundir.load(run)
+    train, test, thr, result = loaded.train, loaded.test, loaded.threshold_mask, loaded.result
     n, k = train.n_frames, train.n_keypoints
     masks = np.asarray(result.masks)
     if masks.shape[1] != n:
@@ -435,9 +319,8 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     # (analysis/attribution.py); validation members are left out of every estimate.
     from ensemble_jax.analysis import attribution
     ids_tr, ids_te = list(train.frame_ids), list(test.frame_ids)
-    config = json.loads((run / "config.json").read_text())
     arrays, influence_info = attribution.attribution_section(
-        config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
+        loaded.config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
         noise=None if noise is None else noise.any(1), top=top, log=log,
         figure_path=(run / "lds.png") if figures_enabled else None)
     eio.save_npz(run / "influence.npz", **arrays)

@@ -6,12 +6,11 @@ from typing import Any, NamedTuple, Sequence
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ensemble_jax.analysis import metrics
 from ensemble_jax.data.dataset import KeypointDataset
-from ensemble_jax.models.decode import decode_heatmaps
+from ensemble_jax.models.forward import members_over_frames
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.training.config import TrainConfig
 
@@ -63,37 +62,10 @@ class EnsembleResult:
             raise ValueError(f"predict: images have shape {images.shape[1:]}, the ensemble was "
                              f"trained on {tuple(self.image_shape)}")
         members = list(range(self.n_members)) if members is None else list(members)
-        stride = self.model_config.output_stride
-        model = self.model()
-
-        def one(params, x):
-            logits = model.apply(params, x)
-            kp, conf = decode_heatmaps(logits, stride)
-            return kp, conf, logits
-
-        fn = _jit_cache(model, stride, heatmaps, one)
-        n = images.shape[0]
-        bs = max(1, min(batch_size, n))
-        kps, confs, hms = [], [], []
-        for m in members:
-            p = self.member_params(m)
-            k_m, c_m, h_m = [], [], []
-            for lo in range(0, n, bs):
-                x = images[lo:lo + bs]
-                pad = bs - x.shape[0]
-                if pad:  # keep one batch shape: one compile
-                    x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
-                k, c, h = fn(p, x)
-                k_m.append(np.asarray(k)[:bs - pad])
-                c_m.append(np.asarray(c)[:bs - pad])
-                if heatmaps:
-                    h_m.append(np.asarray(h)[:bs - pad])
-            kps.append(np.concatenate(k_m))
-            confs.append(np.concatenate(c_m))
-            if heatmaps:
-                hms.append(np.concatenate(h_m))
-        return Predictions(np.stack(kps).astype(np.float32), np.stack(confs).astype(np.float32),
-                           np.stack(hms).astype(np.float32) if heatmaps else None)
+        out = members_over_frames(
+            self, members, images, batch_size=batch_size,
+            outputs=("keypoints", "confidences") + (("heatmaps",) if heatmaps else ()))
+        return Predictions(out["keypoints"], out["confidences"], out.get("heatmaps"))
 
     def evaluate(self, train: KeypointDataset, test: KeypointDataset | None = None, *,
                  pck_radius: float = 5.0, predictions: dict | None = None) -> dict:
@@ -133,13 +105,3 @@ def consensus(keypoints: np.ndarray, confidences: np.ndarray, method: str = "wei
     from ensemble_jax.kernels.spread import consensus as consensus_kernel
     return np.asarray(consensus_kernel(np.asarray(keypoints, np.float32),
                                        np.asarray(confidences, np.float32), method))
-
-
-_JITS: dict = {}
-
-
-def _jit_cache(model, stride, heatmaps, fn):
-    key = (model.config, model.n_keypoints, stride, heatmaps)
-    if key not in _JITS:
-        _JITS[key] = jax.jit(fn if heatmaps else (lambda p, x: fn(p, x)[:2] + (None,)))
-    return _JITS[key]

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-
-from ensemble_jax.training import strategies
 
 AXIS = "members"
 tree_map = jax.tree_util.tree_map
@@ -171,88 +169,6 @@ def pad_members(tree: Any, m: int, mesh: Mesh) -> Any:
     idx = jnp.asarray(pad_index(m, mesh))
     return jax.jit(lambda t: tree_map(lambda x: x[idx], t),
                    out_shardings=member_sharding(mesh))(tree)
-
-
-# --------------------------------------------------------------------------- runner
-class ShardedRunner(strategies.ChunkRunner):
-    """A member-parallel strategy run on every device of `mesh` at once.
-
-    Device d holds members [d*L, (d+1)*L) (L = local members). One compiled program steps
-    one group of G local members on every device (G = L for vmap, the unrolled group size,
-    or 1 for sequential); the host enqueues the groups' programs one after another without
-    syncing, exactly like the single-device `GroupRunner`. A last group that would run past
-    L wraps around and its extra members are masked out of the write-back.
-    """
-
-    def __init__(self, name: str, member_step: Callable, steps_per_program: int,
-                 n_members: int, members_per_program: int, mesh: Mesh,
-                 backend: str | None = None):
-        super().__init__(steps_per_program, backend)
-        d = n_shards(mesh)
-        if n_members % d:
-            raise ValueError(f"ShardedRunner: {n_members} members do not divide over {d} "
-                             "devices (pad them with sharding.pad_members)")
-        self.name, self.member_step, self.mesh = name, member_step, mesh
-        self.local = n_members // d
-        if name in strategies.VMAP_STRATEGIES:
-            self.group = self.local
-        elif name == "unrolled":
-            self.group = strategies.group_size(self.local, members_per_program)
-        elif name == "sequential":
-            self.group = 1
-        else:
-            raise ValueError(f"unknown strategy {name!r}")
-        self.n_members = n_members
-
-    def _body(self, length: int) -> Callable:
-        if self.name in strategies.VMAP_STRATEGIES:
-            return strategies.vmapped_steps(self.member_step, length, self.backend)
-        return strategies.unrolled_steps(self.member_step, self.group, length, self.backend)
-
-    def _build(self, length: int) -> Callable:
-        g, local = self.group, self.local
-        body = self._body(length)
-
-        def chunk_program(states, inputs, images, keypoints, start, n, lo):
-            # one device's block of members (the name is what compile logs show)
-            if g == local:
-                return body(states, inputs, images, keypoints, start, n)
-            idx = (lo + jnp.arange(g)) % local
-            st = tree_map(lambda x: x[idx], states)
-            ins = tree_map(lambda x: x[idx], inputs)
-            new, losses = body(st, ins, images, keypoints, start, n)
-            keep = jnp.arange(g) < (local - lo)
-
-            def put(x, y):
-                k = keep.reshape((g,) + (1,) * (y.ndim - 1))
-                return x.at[idx].set(jnp.where(k, y, x[idx]))
-            return tree_map(put, states, new), losses
-
-        f = jax.shard_map(chunk_program, mesh=self.mesh,
-                          in_specs=(P(AXIS), P(AXIS), P(), P(), P(), P(), P()),
-                          out_specs=(P(AXIS), P(None, AXIS)), check_vma=False)
-        return jax.jit(f)
-
-    def __call__(self, states, inputs, images, keypoints, start, n_steps):
-        g, local, d = self.group, self.local, n_shards(self.mesh)
-        pieces = []   # (lo, step offset, steps, losses [program length, d*g])
-        for lo in range(0, local, g):
-            done = 0
-            while done < n_steps:
-                n = min(self.steps_per_program, n_steps - done)
-                states, loss = self._program(self.program_length(n))(
-                    states, inputs, images, keypoints, jnp.int32(start + done), jnp.int32(n),
-                    jnp.int32(lo))
-                pieces.append((lo, done, n, loss))
-                done += n
-        fetched = to_host([p[3] for p in pieces])
-        out = np.full((n_steps, self.n_members), np.nan, np.float32)
-        for (lo, off, n, _), loss in zip(pieces, fetched):
-            loss = np.asarray(loss)[:n].reshape(n, d, g)
-            keep = min(g, local - lo)
-            for j in range(keep):
-                out[off:off + loss.shape[0], np.arange(d) * local + lo + j] = loss[:, :, j]
-        return states, out
 
 
 def local_share(m: int) -> tuple[int, int]:

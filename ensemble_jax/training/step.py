@@ -130,3 +130,31 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
         with jax.default_matmul_precision("highest"):
             return step(*args)
     return deterministic_step
+
+
+def make_train(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
+               n_keypoints: int, n_steps: int | None = None) -> Callable:
+    """The whole specification of one member's training as one pure function:
+
+        train(inputs: MemberInputs, images [n, H, W, C], keypoints [n, K, 2])
+            -> (MemberState after the steps, losses float32 [steps])
+
+    `init_member` then a `lax.scan` of `make_member_step` over steps 0..n_steps-1 (default
+    every step of the schedule). `jax.vmap(train)` over stacked inputs is the whole
+    ensemble; every strategy, chunking and sharding of `EnsembleTrainer` computes this
+    function (tests/accelerator_paths_worker.py checks each against it), faster."""
+    model = HeatmapNet(model_config, n_keypoints)
+    tx = train_config.optimizer()
+    stride = model_config.output_stride
+    hw = (image_hw[0] // stride, image_hw[1] // stride)
+    member_step = make_member_step(model, tx, train_config, hw, stride)
+    steps = train_config.steps if n_steps is None else int(n_steps)
+
+    def train(inputs: MemberInputs, images: jnp.ndarray, keypoints: jnp.ndarray):
+        sample = jnp.zeros((1,) + images.shape[1:], jnp.uint8)
+        state = init_member(model, tx, inputs.key, sample, images.shape[0], n_keypoints)
+
+        def body(st, step_index):
+            return member_step(st, inputs, step_index, images, keypoints)
+        return jax.lax.scan(body, state, jnp.arange(steps, dtype=jnp.int32))
+    return train

@@ -40,6 +40,7 @@ import numpy as np
 
 from ensemble_jax import io as eio
 from ensemble_jax.models.heatmap_net import ModelConfig
+from ensemble_jax.training import errors, sharding
 from ensemble_jax.training.backend import path_backend
 from ensemble_jax.training.config import STRATEGIES
 
@@ -108,22 +109,127 @@ def unrolled_steps(member_step: Callable, group: int, length: int, backend: str)
     return chunk_program
 
 
-class ChunkRunner:
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """What a strategy is, as data: how a device's `local` members are grouped into one
+    program (`group`), how a group's members are traced in it (`traced`: one vmapped step
+    or each member's step one after the other), and the network form it trains
+    (`conv_impl`, None = as configured)."""
+    name: str
+    grouping: str               # "all": every local member; "program": members_per_program;
+                                # "one": a single member
+    traced: str                 # "vmap" | "unrolled"
+    conv_impl: str | None = None
+
+    def group(self, local: int, members_per_program: int) -> int:
+        if self.grouping == "all":
+            return local
+        if self.grouping == "one":
+            return 1
+        return group_size(local, members_per_program)
+
+    def body(self, member_step: Callable, group: int, length: int, backend: str) -> Callable:
+        if self.traced == "vmap":
+            return vmapped_steps(member_step, length, backend)
+        return unrolled_steps(member_step, group, length, backend)
+
+    def model_config(self, model_config: ModelConfig) -> ModelConfig:
+        """The network it trains: the same function (same parameters) in its form."""
+        if self.conv_impl is None:
+            return model_config
+        return dataclasses.replace(model_config, conv_impl=self.conv_impl)
+
+
+# Every strategy. Process 0 tells the others its choice by index in ALL (this order).
+REGISTRY = {s.name: s for s in (
+    Strategy("vmap", "all", "vmap"),
+    Strategy("vmap_matmul", "all", "vmap", conv_impl="matmul"),
+    Strategy("unrolled", "program", "unrolled"),
+    Strategy("sequential", "one", "unrolled"),
+)}
+ALL = tuple(REGISTRY)
+assert ALL == tuple(s for s in STRATEGIES if s != "auto")
+
+
+def get(name: str) -> Strategy:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(ALL)}, auto")
+    return REGISTRY[name]
+
+
+def group_size(n_members: int, members_per_program: int) -> int:
+    """Even groups: 25 members with at most 16 per program -> 2 groups of 13 (1 padded)."""
+    n_groups = math.ceil(n_members / max(1, members_per_program))
+    return math.ceil(n_members / n_groups)
+
+
+def candidates(backend: str, n_members: int) -> list[str]:
+    """Most promising first (the order only matters for ties)."""
+    if n_members == 1:
+        return ["sequential"]
+    if backend == "cpu":
+        return ["unrolled", "sequential", "vmap", "vmap_matmul"]
+    return ["vmap", "vmap_matmul", "unrolled", "sequential"]
+
+
+class Runner:
     """runner(states, inputs, images, keypoints, start_step, n_steps) -> (states, losses
-    float32 [n_steps, M]); `states`/`inputs` stacked on [M]. A chunk is a sequence of
-    compiled programs of at most `steps_per_program` steps, enqueued without a host sync;
-    the losses are fetched once, at the end of the chunk.
+    float32 [n_steps, M]) for `strategy` over members stacked on [M] (with a `mesh`: M
+    padded to a multiple of its devices, device d holding the block [d*L, (d+1)*L)).
+
+    Each device's L local members run in groups of G (`Strategy.group`); the host takes a
+    group out of the states, enqueues its programs of at most `steps_per_program` steps
+    without a sync, and puts it back (a last group that would run past L wraps around and
+    its extra members are not written back). With G = L the states go straight in. One
+    device and several run the same code: with a mesh every piece is a `jax.shard_map`
+    over the `members` axis. Losses are fetched once, at the end of the chunk.
 
     Programs are compiled once per `program_length` (rolled: one length for every chunk;
     straight-line: one per distinct step count) and counted in `compiles`."""
 
-    name: str
-
-    def __init__(self, steps_per_program: int, backend: str | None = None):
+    def __init__(self, strategy: Strategy, member_step: Callable, steps_per_program: int,
+                 n_members: int, members_per_program: int, mesh: Any = None,
+                 backend: str | None = None):
+        self.strategy, self.name, self.member_step = strategy, strategy.name, member_step
         self.steps_per_program = steps_per_program
         self.backend = backend or path_backend()
+        self.mesh, self.n_members = mesh, n_members
+        self.devices = 1 if mesh is None else int(mesh.devices.size)
+        if n_members % self.devices:
+            raise ValueError(f"{n_members} members do not divide over {self.devices} devices "
+                             "(pad them with sharding.pad_members)")
+        self.local = n_members // self.devices
+        self.group = strategy.group(self.local, members_per_program)
         self._programs: dict[int, Callable] = {}
         self.compiles = 0        # programs built (each jit-compiled on its first call)
+        g, local = self.group, self.local
+
+        def take(tree, lo):
+            idx = (lo + jnp.arange(g)) % local
+            return tree_map(lambda x: x[idx], tree)
+
+        def put(tree, sub, lo):
+            idx = (lo + jnp.arange(g)) % local
+            keep = jnp.arange(g) < (local - lo)
+
+            def one(x, y):
+                k = keep.reshape((g,) + (1,) * (y.ndim - 1))
+                return x.at[idx].set(jnp.where(k, y, x[idx]))
+            return tree_map(one, tree, sub)
+        self._take = self._compile(take, 1, 1)
+        self._put = self._compile(put, 2, 1)
+
+    def _compile(self, f: Callable, n_member_args: int, n_shared_args: int,
+                 losses_out: bool = False) -> Callable:
+        """jit(f); with a mesh, f runs on each device's block (shard_map over `members`)."""
+        if self.mesh is None:
+            return jax.jit(f)
+        from jax.sharding import PartitionSpec as P
+        axis = self.mesh.axis_names[0]
+        out = (P(axis), P(None, axis)) if losses_out else P(axis)
+        return jax.jit(jax.shard_map(
+            f, mesh=self.mesh, in_specs=(P(axis),) * n_member_args + (P(),) * n_shared_args,
+            out_specs=out, check_vma=False))
 
     def program_length(self, n_steps: int) -> int:
         """The compiled length that runs `n_steps` (<= steps_per_program) steps."""
@@ -140,110 +246,35 @@ class ChunkRunner:
 
     def _program(self, length: int) -> Callable:
         if length not in self._programs:
-            self._programs[length] = self._build(length)
+            chunk_program = self.strategy.body(self.member_step, self.group, length,
+                                               self.backend)
+            self._programs[length] = self._compile(chunk_program, 2, 4, losses_out=True)
             self.compiles += 1
         return self._programs[length]
 
-    def _build(self, length: int) -> Callable:
-        raise NotImplementedError
-
-    def _run(self, states, inputs, images, keypoints, start: int, n_steps: int):
-        losses = []
-        done = 0
-        while done < n_steps:
-            n = min(self.steps_per_program, n_steps - done)
-            states, loss = self._program(self.program_length(n))(
-                states, inputs, images, keypoints, jnp.int32(start + done), jnp.int32(n))
-            losses.append((loss, n))
-            done += n
-        return states, np.concatenate([np.asarray(l)[:n] for l, n in losses])
-
-
-class VmapRunner(ChunkRunner):
-    def __init__(self, member_step: Callable, steps_per_program: int, name: str = "vmap",
-                 backend: str | None = None):
-        super().__init__(steps_per_program, backend)
-        self.member_step, self.name = member_step, name
-
-    def _build(self, length: int) -> Callable:
-        return jax.jit(vmapped_steps(self.member_step, length, self.backend))
-
-    def __call__(self, states, inputs, images, keypoints, start, n_steps):
-        return self._run(states, inputs, images, keypoints, start, n_steps)
-
-
-class GroupRunner(ChunkRunner):
-    """Members in groups of `group` traced one after the other in one program; the groups
-    are run one after the other from Python. group=1 is the sequential reference loop."""
-
-    def __init__(self, member_step: Callable, steps_per_program: int, group: int, name: str,
-                 backend: str | None = None):
-        super().__init__(steps_per_program, backend)
-        self.member_step, self.group, self.name = member_step, group, name
-        self._take = jax.jit(lambda tree, idx: tree_map(lambda x: x[idx], tree))
-        self._put = jax.jit(lambda tree, sub, idx: tree_map(lambda x, y: x.at[idx].set(y),
-                                                            tree, sub))
-
-    def _build(self, length: int) -> Callable:
-        return jax.jit(unrolled_steps(self.member_step, self.group, length, self.backend))
-
-    def __call__(self, states, inputs, images, keypoints, start, n_steps):
-        m = jax.tree_util.tree_leaves(inputs)[0].shape[0]
-        g = self.group
-        if g == m:
-            return self._run(states, inputs, images, keypoints, start, n_steps)
-        all_losses = np.full((n_steps, m), np.nan, np.float32)
-        for lo in range(0, m, g):
-            keep = min(g, m - lo)
-            # A short last group is padded with other members; their results are dropped.
-            idx = jnp.asarray((np.arange(g) + lo) % m, jnp.int32)
-            out, losses = self._run(self._take(states, idx), self._take(inputs, idx),
-                                    images, keypoints, start, n_steps)
-            all_losses[:, lo:lo + keep] = losses[:, :keep]
-            if keep < g:
-                out = tree_map(lambda x: x[:keep], out)
-            states = self._put(states, out, idx[:keep])
-        return states, all_losses
-
-
-def group_size(n_members: int, members_per_program: int) -> int:
-    """Even groups: 25 members with at most 16 per program -> 2 groups of 13 (1 padded)."""
-    n_groups = math.ceil(n_members / max(1, members_per_program))
-    return math.ceil(n_members / n_groups)
-
-
-def make_runner(name: str, member_step: Callable, steps_per_program: int, n_members: int,
-                members_per_program: int, backend: str | None = None) -> ChunkRunner:
-    if name in VMAP_STRATEGIES:
-        return VmapRunner(member_step, steps_per_program, name, backend)
-    if name == "unrolled":
-        return GroupRunner(member_step, steps_per_program,
-                           group_size(n_members, members_per_program), "unrolled", backend)
-    if name == "sequential":
-        return GroupRunner(member_step, steps_per_program, 1, "sequential", backend)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(ALL)}, auto")
-
-
-# Every strategy; process 0 tells the others its choice by index in this tuple.
-ALL = tuple(s for s in STRATEGIES if s != "auto")
-VMAP_STRATEGIES = ("vmap", "vmap_matmul")
-
-
-def model_config_for(name: str, model_config: ModelConfig) -> ModelConfig:
-    """The network a strategy trains: 'vmap_matmul' computes the same network's
-    convolutions as matrix products; every other strategy trains `model_config` as given."""
-    if name == "vmap_matmul":
-        return dataclasses.replace(model_config, conv_impl="matmul")
-    return model_config
-
-
-def candidates(backend: str, n_members: int) -> list[str]:
-    """Most promising first (the order only matters for ties)."""
-    if n_members == 1:
-        return ["sequential"]
-    if backend == "cpu":
-        return ["unrolled", "sequential", "vmap", "vmap_matmul"]
-    return ["vmap", "vmap_matmul", "unrolled", "sequential"]
+    def __call__(self, states, inputs, images, keypoints, start: int, n_steps: int):
+        g, local, d = self.group, self.local, self.devices
+        pieces = []   # (lo, step offset, steps, losses [program length, d*g])
+        for lo in range(0, local, g):
+            whole = g == local
+            st = states if whole else self._take(states, jnp.int32(lo))
+            ins = inputs if whole else self._take(inputs, jnp.int32(lo))
+            done = 0
+            while done < n_steps:
+                n = min(self.steps_per_program, n_steps - done)
+                st, loss = self._program(self.program_length(n))(
+                    st, ins, images, keypoints, jnp.int32(start + done), jnp.int32(n))
+                pieces.append((lo, done, n, loss))
+                done += n
+            states = st if whole else self._put(states, st, jnp.int32(lo))
+        fetched = sharding.to_host([p[3] for p in pieces])
+        out = np.full((n_steps, self.n_members), np.nan, np.float32)
+        for (lo, off, n, _), loss in zip(pieces, fetched):
+            loss = np.asarray(loss)[:n].reshape(n, d, g)
+            keep = min(g, local - lo)
+            for j in range(keep):
+                out[off:off + n, np.arange(d) * local + lo + j] = loss[:, :, j]
+        return states, out
 
 
 class NoStrategyError(ValueError):
@@ -289,7 +320,7 @@ def store_cached(key: str, entry: dict) -> None:
         pass  # a read-only home is no reason to fail a run
 
 
-def measure(runner: ChunkRunner, states, inputs, images, keypoints, *, probe_steps: int = 3
+def measure(runner: Runner, states, inputs, images, keypoints, *, probe_steps: int = 3
             ) -> dict:
     """Compiles the program training will run (`runner.probe_steps`: one step of the rolled
     loop, or whole straight-line programs), then times `probe_steps` steps of it. Results
@@ -315,3 +346,80 @@ def timed_probe_steps(train_steps: int, n_candidates: int, most: int = 3) -> int
     8%); 1 for short runs, where no probe can be a small share."""
     per = (train_steps // 10) // max(1, n_candidates)
     return int(max(1, min(most, per // 2 - 1)))
+
+
+def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
+             probe: tuple, train_steps: int, images_per_step: int,
+             log: Callable[[str], None]) -> tuple[Runner, dict]:
+    """strategy='auto': the fastest of `names` (runners built by `make`), measured on the
+    `probe` arguments (states, inputs, images, keypoints; left untouched) or taken from
+    the cache under `cache_facts`. Returns (runner, what was measured and how)."""
+    paths = path_backend()
+    key = cache_key(**cache_facts)
+    cached = load_cached(key)
+    # Every process must run the same programs: process 0's cache and choice decide.
+    if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
+        chosen = ALL[sharding.agree(ALL.index(cached["chosen"]) if cached else 0)]
+        log(f"strategy: {chosen} (process 0's cached measurement)")
+        return make(chosen), {"chosen": chosen, "how": "cached"}
+    if cached and jax.process_count() == 1:
+        log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
+        return make(cached["chosen"]), dict(cached, how="cached")
+    timed = timed_probe_steps(train_steps, len(names))
+    table, runners, failed = {}, {}, {}
+    probe_steps = 0
+
+    def attempt(name: str) -> dict | None:
+        """One measurement; a candidate that cannot be built, compiled or run (out of
+        device memory, a compiler failure) is skipped with its reason."""
+        try:
+            if name not in runners:
+                runners[name] = make(name)
+            return measure(runners[name], *probe, probe_steps=timed)
+        except Exception as e:   # noqa: BLE001 - any failure disqualifies a candidate
+            failed[name] = errors.one_line(e)
+            kind = "out of memory" if errors.is_resource_error(e) else "failed"
+            log(f"strategy probe {name:>11}: skipped, {kind}: {failed[name]}")
+            table.pop(name, None)
+            return None
+
+    for name in names:
+        got = attempt(name)
+        if got is None:
+            continue
+        table[name] = got
+        probe_steps += got["steps"]
+        log(f"strategy probe {name:>11}: {images_per_step / got['step_s']:8.0f}"
+            f" img/s (compile {got['compile_s']:.1f} s)")
+    # A candidate that failed on any process is out everywhere (all run the same one).
+    for name, bad in zip(names, sharding.any_process([n in failed for n in names])):
+        if bad and name not in failed:
+            failed[name] = "failed on another process"
+            table.pop(name, None)
+    if not table:
+        raise NoStrategyError(
+            "strategy auto: every candidate failed (" + "; ".join(
+                f"{k}: {v}" for k, v in failed.items()) + "); lower --batch-size, the "
+            "members per wave (--members-per-wave) or --image-size")
+    # A second timing of the close contenders (programs already compiled): one short
+    # timing on a shared machine can be 20% off, more than the gaps between them.
+    fastest = min(t["step_s"] for t in table.values())
+    for name in list(table):
+        if len(table) > 1 and table[name]["step_s"] < RETIME_WITHIN * fastest:
+            again = attempt(name)
+            if again is not None:
+                table[name]["step_s"] = min(table[name]["step_s"], again["step_s"])
+                probe_steps += again["steps"]
+    for name in table:
+        table[name]["images_per_s"] = images_per_step / table[name]["step_s"]
+    chosen = min(table, key=lambda k: table[k]["step_s"])
+    chosen = names[sharding.agree(names.index(chosen))]
+    entry = {"chosen": chosen, "table": table, "probe_steps": probe_steps}
+    if failed:
+        entry["failed"] = failed
+    if sharding.is_primary():
+        store_cached(key, entry)
+    log(f"strategy: {chosen} (fastest measured on {paths}: " + ", ".join(
+        f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s"
+        + (f"; skipped {', '.join(failed)}" if failed else "") + ")")
+    return make(chosen), dict(entry, how="measured")

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import chex
 import jax
@@ -15,8 +15,8 @@ import numpy as np
 
 from ensemble_jax.data.dataset import DatasetError, KeypointDataset
 from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-from ensemble_jax.subsets import validate_masks
-from ensemble_jax.training import backend, crn, errors, sharding, strategies
+from ensemble_jax.subsets import SubsetError, validate_masks
+from ensemble_jax.training import backend, crn, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
@@ -43,15 +43,30 @@ def training_keys(tc: TrainConfig, member_ids: np.ndarray,
     return crn.block_keys(tc.seed, blocks)
 
 
-def subset_index(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """counts [M, n] -> (index int32 [M, Nmax], size int32 [M]); a frame drawn c times in a
-    bootstrap appears c times, so uniform draws over the list reproduce its weight."""
+def subset_index(counts: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """counts [M, n] -> (index int32 [M, width], size int32 [M]); a frame drawn c times in a
+    bootstrap appears c times, so uniform draws over the list reproduce its weight. width
+    defaults to the largest subset (stages pass a common one: same shapes, no recompile)."""
     sizes = counts.sum(1).astype(np.int32)
-    index = np.zeros((counts.shape[0], int(sizes.max())), np.int32)
+    index = np.zeros((counts.shape[0], int(sizes.max()) if width is None else width), np.int32)
     for m, row in enumerate(counts):
         lst = np.repeat(np.arange(counts.shape[1], dtype=np.int32), row)
         index[m, :lst.size] = lst
     return index, sizes
+
+
+def member_inputs(counts: np.ndarray, member_ids: np.ndarray, tc: TrainConfig,
+                  lr_scale: np.ndarray | None = None, width: int | None = None,
+                  block_ids: np.ndarray | None = None) -> MemberInputs:
+    """The stacked per-member constants (host arrays, [M] leading) of members with these
+    subsets, ids and learning-rate scales: what `step.make_train`'s train takes."""
+    index, sizes = subset_index(counts, width)
+    if tc.crn:   # the coherent sampler searches each subset in its frames' circle order
+        crn.check_counts(counts)
+        index = crn.order_by_position(index, sizes, counts.shape[1])
+    lr = np.ones(counts.shape[0], np.float32) if lr_scale is None else lr_scale
+    return MemberInputs(training_keys(tc, member_ids, block_ids), index, sizes,
+                        np.asarray(lr, np.float32))
 
 
 @dataclasses.dataclass
@@ -66,12 +81,26 @@ class _Setup:
     n_real: int = 0           # real members (states/inputs may carry padded copies)
 
 
+def _check_stages(stages: Sequence[tuple[int, Any]], steps: int) -> list[int]:
+    if not stages:
+        raise ValueError("fit: no stages")
+    starts = [int(s) for s, _ in stages]
+    if starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= steps:
+        raise ValueError(f"fit: stage starts {starts} must begin at 0, increase, and "
+                         f"stay below steps={steps}")
+    return starts
+
+
 class EnsembleTrainer:
     """Usage::
 
         trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600))
         result = trainer.fit(train_set, nested_subsets(train_set.n_frames, [.1, .5, .9], 3))
         preds = result.predict(test_set.images)
+
+    What it computes is `jax.vmap(step.make_train(...))` over the members' inputs; what it
+    adds is speed (a strategy, chunks of compiled steps, sharding) and the host's side
+    (progress, checkpoints, resume).
     """
 
     def __init__(self, model_config: ModelConfig | None = None,
@@ -80,7 +109,7 @@ class EnsembleTrainer:
         self.train_config = train_config or TrainConfig()
 
     # ------------------------------------------------------------------ set-up
-    def _check(self, dataset: Any, masks: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    def _check(self, dataset: Any, masks: Any) -> np.ndarray:
         if not isinstance(dataset, KeypointDataset):
             raise TypeError(f"fit: dataset must be a KeypointDataset, got {type(dataset).__name__}")
         counts = validate_masks(masks, dataset.n_frames)
@@ -93,24 +122,22 @@ class EnsembleTrainer:
                 f"multiple of {mult} (e.g. --image-size {max(mult, (max(h, w) // mult) * mult)})")
         if not dataset.labeled.any():
             raise DatasetError("fit: the dataset has no labeled keypoint at all")
-        return counts, None
+        return counts
+
+    def _device_inputs(self, inputs: MemberInputs, mesh: Any) -> MemberInputs:
+        if mesh is None:
+            return jax.tree_util.tree_map(jnp.asarray, inputs)
+        pad = sharding.pad_index(inputs.subset_size.shape[0], mesh)
+        return sharding.put_members(jax.tree_util.tree_map(lambda x: x[pad], inputs), mesh)
 
     def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
               lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None,
-              block_ids: np.ndarray | None = None) -> _Setup:
-        """Device-resident state and inputs. With a `mesh` (sharding.make_mesh), members are
-        padded to a multiple of the device count and sharded over the `members` axis; the
-        shared frames are replicated on every device."""
+              width: int | None = None, block_ids: np.ndarray | None = None) -> _Setup:
         mc, tc = self.model_config, self.train_config
         model = HeatmapNet(mc, dataset.n_keypoints)
-        tx = tc.optimizer()
         h, w = dataset.images.shape[1:3]
         member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
-        keys = training_keys(tc, member_ids, block_ids)
-        index, sizes = subset_index(counts)
-        if tc.crn:
-            crn.check_counts(counts)
-            index = crn.order_by_position(index, sizes, dataset.n_frames)
+        host_inputs = member_inputs(counts, member_ids, tc, lr_scale, width, block_ids)
         # One compiled single-member init, called per member (its compile is slow on CPU
         # and would otherwise recur for every ensemble size); values equal a vmapped init.
         init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
@@ -118,20 +145,17 @@ class EnsembleTrainer:
                             dataset.n_keypoints)   # (the init has no matmul to make exact)
         imgs = dataset.images if images is None else images
         m = int(counts.shape[0])
+        inputs = self._device_inputs(host_inputs, mesh)
         if mesh is not None:
             pad = sharding.pad_index(m, mesh)
-            inputs = sharding.put_members(MemberInputs(
-                keys[pad], index[pad], sizes[pad], np.asarray(lr_scale, np.float32)[pad]), mesh)
-            host = jax.device_get(_init_each(init_one, keys))
+            host = jax.device_get(_init_each(init_one, host_inputs.key))
             states = sharding.put_members(
                 jax.tree_util.tree_map(lambda *xs: np.stack(xs)[pad], *host), mesh)
             return _Setup(model, member_step, states, inputs,
                           sharding.put_global(imgs, sharding.replicated(mesh)),
                           sharding.put_global(dataset.keypoints, sharding.replicated(mesh)),
                           mesh=mesh, n_real=m)
-        inputs = MemberInputs(jnp.asarray(keys), jnp.asarray(index), jnp.asarray(sizes),
-                              jnp.asarray(lr_scale, jnp.float32))
-        states = _stack(_init_each(init_one, keys))
+        states = _stack(_init_each(init_one, host_inputs.key))
         # Committed to its device, as the states restored from a checkpoint are: jit
         # keys its compiled programs on that too, so a resume would otherwise compile
         # every chunk program a second time.
@@ -139,108 +163,43 @@ class EnsembleTrainer:
         return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
                       jnp.asarray(dataset.keypoints), n_real=m)
 
-    def _step_for(self, s: _Setup, name: str) -> Callable:
-        """The member step a strategy runs (strategies.model_config_for): the setup's own,
-        or that of the same network in another form (same function, same parameters)."""
-        mc = strategies.model_config_for(name, self.model_config)
-        if mc == self.model_config:
-            return s.member_step
-        return _member_step(mc, _step_key(self.train_config), tuple(s.images.shape[1:3]),
-                            int(s.keypoints.shape[1]))
+    def runner(self, s: _Setup, name: str, members_per_program: int | None = None
+               ) -> strategies.Runner:
+        """The (cached) runner of strategy `name` for this setup's members and devices; it
+        trains `Strategy.model_config` of this network (the same function and parameters)."""
+        tc = self.train_config
+        strategy = strategies.get(name)
+        mc = strategy.model_config(self.model_config)
+        step = s.member_step if mc == self.model_config else _member_step(
+            mc, _step_key(tc), tuple(s.images.shape[1:3]), int(s.keypoints.shape[1]))
+        paths = backend.path_backend()
+        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
+        return _runner(strategy, step, spp, int(s.inputs.subset_size.shape[0]),
+                       members_per_program or tc.members_per_program, s.mesh, paths)
 
     def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
+        """The runner of the configured strategy, or `strategies.autotune`'s for 'auto'."""
         tc = self.train_config
+        if tc.strategy != "auto":
+            return self.runner(s, tc.strategy), {"chosen": tc.strategy,
+                                                 "how": "fixed by TrainConfig"}
         m = int(s.inputs.subset_size.shape[0])
         paths = backend.path_backend()
         spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
-        if s.mesh is None:
-            make = lambda name: _runner(name, self._step_for(s, name), spp, m,
-                                        tc.members_per_program, paths)
-            local, mesh_facts = m, None
-        else:  # the strategy applies inside each device, to its block of members
-            make = lambda name: _sharded_runner(name, self._step_for(s, name), spp, m,
-                                                tc.members_per_program, s.mesh, paths)
+        facts = dict(model=dataclasses.asdict(self.model_config), members=m,
+                     images=tuple(s.images.shape), batch=tc.batch_size,
+                     group=tc.members_per_program, aum=tc.track_aum, spp=spp)
+        local = m
+        if s.mesh is not None:   # the strategy applies inside each device, to its block
             local = m // sharding.n_shards(s.mesh)
-            mesh_facts = (sharding.n_shards(s.mesh), jax.process_count())
-        if tc.strategy != "auto":
-            return make(tc.strategy), {"chosen": tc.strategy, "how": "fixed by TrainConfig"}
-        key = strategies.cache_key(model=dataclasses.asdict(self.model_config), members=m,
-                                   images=tuple(s.images.shape), batch=tc.batch_size,
-                                   group=tc.members_per_program, aum=tc.track_aum, spp=spp,
-                                   **({"mesh": mesh_facts} if mesh_facts else {}))
-        names = strategies.candidates(paths, local)
-        cached = strategies.load_cached(key)
-        # Every process must run the same programs: process 0's cache and choice decide.
-        if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
-            chosen = strategies.ALL[sharding.agree(
-                strategies.ALL.index(cached["chosen"]) if cached else 0)]
-            log(f"strategy: {chosen} (process 0's cached measurement)")
-            return make(chosen), {"chosen": chosen, "how": "cached"}
-        if cached and jax.process_count() == 1:
-            log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
-            return make(cached["chosen"]), dict(cached, how="cached")
-        timed = strategies.timed_probe_steps(tc.steps, len(names))
-        table, runners, failed = {}, {}, {}
-        probe_steps = 0
-
-        def attempt(name: str) -> dict | None:
-            """One measurement; a candidate that cannot be built, compiled or run (out of
-            device memory, a compiler failure) is skipped with its reason."""
-            try:
-                if name not in runners:
-                    runners[name] = make(name)
-                return strategies.measure(runners[name], s.states, s.inputs, s.images,
-                                          s.keypoints, probe_steps=timed)
-            except Exception as e:   # noqa: BLE001 - any failure disqualifies a candidate
-                failed[name] = errors.one_line(e)
-                kind = "out of memory" if errors.is_resource_error(e) else "failed"
-                log(f"strategy probe {name:>11}: skipped, {kind}: {failed[name]}")
-                table.pop(name, None)
-                return None
-
-        for name in names:
-            got = attempt(name)
-            if got is None:
-                continue
-            table[name] = got
-            probe_steps += got["steps"]
-            log(f"strategy probe {name:>11}: {m * tc.batch_size / got['step_s']:8.0f}"
-                f" img/s (compile {got['compile_s']:.1f} s)")
-        # A candidate that failed on any process is out everywhere (all run the same one).
-        for name, bad in zip(names, sharding.any_process([n in failed for n in names])):
-            if bad and name not in failed:
-                failed[name] = "failed on another process"
-                table.pop(name, None)
-        if not table:
-            raise strategies.NoStrategyError(
-                "strategy auto: every candidate failed (" + "; ".join(
-                    f"{k}: {v}" for k, v in failed.items()) + "); lower --batch-size, the "
-                "members per wave (--members-per-wave) or --image-size")
-        # A second timing of the close contenders (programs already compiled): one short
-        # timing on a shared machine can be 20% off, more than the gaps between them.
-        fastest = min(t["step_s"] for t in table.values())
-        for name in list(table):
-            if len(table) > 1 and table[name]["step_s"] < strategies.RETIME_WITHIN * fastest:
-                again = attempt(name)
-                if again is not None:
-                    table[name]["step_s"] = min(table[name]["step_s"], again["step_s"])
-                    probe_steps += again["steps"]
-        for name in table:
-            table[name]["images_per_s"] = m * tc.batch_size / table[name]["step_s"]
-        chosen = min(table, key=lambda k: table[k]["step_s"])
-        chosen = names[sharding.agree(names.index(chosen))]
-        entry = {"chosen": chosen, "table": table, "probe_steps": probe_steps}
-        if failed:
-            entry["failed"] = failed
-        if sharding.is_primary():
-            strategies.store_cached(key, entry)
-        log(f"strategy: {chosen} (fastest measured on {paths}: " + ", ".join(
-            f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s"
-            + (f"; skipped {', '.join(failed)}" if failed else "") + ")")
-        return make(chosen), dict(entry, how="measured")
+            facts["mesh"] = (sharding.n_shards(s.mesh), jax.process_count())
+        return strategies.autotune(
+            lambda name: self.runner(s, name), strategies.candidates(paths, local), facts,
+            (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size, log)
 
     # ---------------------------------------------------------------- training
-    def fit(self, dataset: KeypointDataset, masks: np.ndarray, *,
+    def fit(self, dataset: KeypointDataset, masks: np.ndarray | None = None, *,
+            stages: Sequence[tuple[int, np.ndarray]] | None = None,
             lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
             progress: bool = True, log: Callable[[str], None] | None = None,
@@ -248,6 +207,10 @@ class EnsembleTrainer:
             mesh: Any = None, block_ids: np.ndarray | None = None) -> EnsembleResult:
         """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
 
+        stages: instead of masks, `[(start_step, masks [M, n]), ...]` (starts from 0,
+            increasing, below `steps`): member m draws from `stages[s][1][m]` during steps
+            [start_s, start_{s+1}) (curricula; no checkpoints). The result's masks are the
+            last stage's.
         lr_scale: float [M], multiplies each member's updates (default 1).
         member_ids: int [M], the members' identities for their PRNG keys (default 0..M-1);
             a member trained alone with its id and subset gets the same parameters.
@@ -265,21 +228,35 @@ class EnsembleTrainer:
         """
         log = log or (lambda msg: None)
         tc = self.train_config
-        counts, _ = self._check(dataset, masks)
+        if (masks is None) == (stages is None):
+            raise ValueError("fit: give either masks or stages")
+        staged = stages is not None
+        stages = [(0, masks)] if stages is None else list(stages)
+        starts = _check_stages(stages, tc.steps)
+        if staged and checkpoint_dir is not None:
+            raise ValueError("fit: a staged fit takes no checkpoint_dir (it is short and "
+                             "rerun from scratch)")
+        all_counts = [self._check(dataset, mk) for _, mk in stages]
+        counts = all_counts[0]
         m = counts.shape[0]
+        if any(c.shape != counts.shape for c in all_counts):
+            raise SubsetError("fit: every stage needs masks of the same shape [M, n]")
         member_ids = np.arange(m) if member_ids is None else np.asarray(member_ids)
         chex.assert_shape(member_ids, (m,))
         lr_scale = np.ones(m, np.float32) if lr_scale is None else np.asarray(lr_scale, np.float32)
         chex.assert_shape(lr_scale, (m,))
         if images is not None:
             chex.assert_shape(images, dataset.images.shape)
-            if not np.isfinite(images[counts.sum(0) > 0]).all():
+            if not np.isfinite(images[sum(all_counts).sum(0) > 0]).all():
                 raise DatasetError("fit: images of frames inside some subset contain NaN/inf")
 
         t_setup = time.perf_counter()
-        s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh,
+        width = int(max(c.sum(1).max() for c in all_counts)) if staged else None
+        s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh, width=width,
                        block_ids=block_ids)
         runner, strategy_info = self.choose_strategy(s, log)
+        stage_inputs = [s.inputs] + [self._device_inputs(member_inputs(
+            c, member_ids, tc, lr_scale, width, block_ids), mesh) for c in all_counts[1:]]
         # The setup's initial states are no longer needed once the probe ran: without this,
         # a third copy of every member's state stays on the device while training.
         states, s.states = s.states, None
@@ -309,11 +286,14 @@ class EnsembleTrainer:
         steps_run = 0
         every = tc.checkpoint_every
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+        bounds = starts[1:] + [tc.steps]
         while step < end:
-            n = min(tc.chunk_size, end - step)
+            k = int(np.searchsorted(starts, step, side="right")) - 1     # the stage of step
+            n = min(tc.chunk_size, end - step, bounds[k] - step)
             if every:
                 n = min(n, every - step % every)
-            states, chunk_losses = runner(states, s.inputs, s.images, s.keypoints, step, n)
+            states, chunk_losses = runner(states, stage_inputs[k], s.images, s.keypoints,
+                                          step, n)
             chunk_losses = chunk_losses[:, :m]
             losses[step:step + n] = chunk_losses
             step += n
@@ -344,12 +324,14 @@ class EnsembleTrainer:
                   "images_per_s": steps_run * m * tc.batch_size / train_s if train_s > 0
                   else float("nan"),
                   "strategy": strategy_info}
+        if staged:
+            timing["stage_starts"] = starts
         return EnsembleResult(
-            model_config=self.model_config, train_config=tc, params=host.params, masks=counts,
-            bodyparts=list(dataset.bodyparts), image_shape=dataset.image_shape,
-            aum_sum=np.asarray(host.aum_sum), aum_count=np.asarray(host.aum_count),
-            losses=losses, alive=alive, diverged_at=np.asarray(host.diverged_at),
-            strategy=runner.name, timing=timing)
+            model_config=self.model_config, train_config=tc, params=host.params,
+            masks=all_counts[-1], bodyparts=list(dataset.bodyparts),
+            image_shape=dataset.image_shape, aum_sum=np.asarray(host.aum_sum),
+            aum_count=np.asarray(host.aum_count), losses=losses, alive=alive,
+            diverged_at=np.asarray(host.diverged_at), strategy=runner.name, timing=timing)
 
 
 def _step_key(tc: TrainConfig) -> TrainConfig:
@@ -386,17 +368,9 @@ _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs),
 
 
 @functools.lru_cache(maxsize=64)
-def _sharded_runner(name: str, member_step: Callable, spp: int, m: int, per_program: int,
-                    mesh: Any, paths: str | None = None):
-    return sharding.ShardedRunner(name, member_step, spp, m, per_program, mesh,
-                                  paths or backend.path_backend())
-
-
-@functools.lru_cache(maxsize=64)
-def _runner(name: str, member_step: Callable, spp: int, m: int, per_program: int,
-            paths: str | None = None):
-    return strategies.make_runner(name, member_step, spp, m, per_program,
-                                  paths or backend.path_backend())
+def _runner(strategy: strategies.Strategy, member_step: Callable, spp: int, m: int,
+            per_program: int, mesh: Any, paths: str) -> strategies.Runner:
+    return strategies.Runner(strategy, member_step, spp, m, per_program, mesh, paths)
 
 
 def _progress(total: int, members: int, initial: int, enabled: bool):

@@ -121,7 +121,7 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
         # over kh*kw shifted copies of their input): size the waves for the largest form
         # among those the strategy (or 'auto', any of them) can run.
         names = strategies.ALL if train_config.strategy == "auto" else (train_config.strategy,)
-        configs = {strategies.model_config_for(name, model_config) for name in names}
+        configs = {strategies.get(name).model_config(model_config) for name in names}
         try:
             ins = MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
                                jax.ShapeDtypeStruct((), jnp.int32),
@@ -197,7 +197,6 @@ def merge_results(results: list[EnsembleResult]) -> EnsembleResult:
                                     *[r.params for r in results])
     train_s = sum(r.timing["train_s"] for r in results)
     steps = max(r.timing["steps_run"] for r in results)
-    m = sum(r.n_members for r in results)
     member_steps = sum(r.timing["steps_run"] * r.n_members for r in results)
     timing = {"setup_s": sum(r.timing["setup_s"] for r in results), "train_s": train_s,
               "steps_run": steps,

@@ -66,7 +66,7 @@ CHUNK = 4096              # frames per chunk when the outputs are assembled
 def load_run(run_dir: str | os.PathLike):
     """The trained `EnsembleResult` of a finished run directory (`summary.json` present).
     Raises ValueError / FileNotFoundError with one line naming what is missing."""
-    from ensemble_jax.analysis.analyze import load_result
+    from ensemble_jax import rundir
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"RUN_DIR {run}: not a folder")
@@ -77,7 +77,7 @@ def load_run(run_dir: str | os.PathLike):
     if not (run / "summary.json").is_file():
         raise FileNotFoundError(f"RUN_DIR {run}: the sweep has not finished (summary.json is "
                                 f"missing); finish it with `ensemble-jax sweep --resume` first")
-    result = load_result(run)
+    result = rundir.load(run).result
     if not np.asarray(result.alive, bool).any():
         raise ValueError(f"RUN_DIR {run}: every member diverged; nothing to predict with")
     return result
@@ -104,11 +104,8 @@ def ensemble_forward(result, mode: str | None = None):
     program; XLA's CPU convolutions run a member's plain convolution faster than the
     grouped one). Default: "map" on a CPU, "vmap" elsewhere."""
     import jax
-    from ensemble_jax import kernels
-    from ensemble_jax.analysis.analyze import (MPE_MODES, MPE_NORMALIZE, MPE_TEMPERATURE,
-                                               MPE_WINDOW,
-                                               _feature_layer)
-    from ensemble_jax.models.decode import decode_heatmaps
+    from ensemble_jax.analysis.analyze import mpe_mode
+    from ensemble_jax.models.forward import member_body
     mc, k = result.model_config, len(result.bodyparts)
     if mode is None:
         mode = "map" if jax.default_backend() == "cpu" else "vmap"
@@ -116,23 +113,12 @@ def ensemble_forward(result, mode: str | None = None):
         raise ValueError(f"mode must be 'vmap' or 'map', got {mode!r}")
     key = (mc, k, mode)
     if key not in _FORWARDS:
-        model = result.model()
-        stride = mc.output_stride
-        layer = _feature_layer(mc)
+        # the same member pass (and multi-peak entropy) as `analyze` computes by default
+        body = member_body(mc, k, ("keypoints", "confidences", "mpe", "features"), mpe_mode())
 
         def one(params, x):
-            logits, state = model.apply(
-                params, x, capture_intermediates=lambda mdl, name: mdl.name == layer,
-                mutable=["intermediates"])
-            feat = state["intermediates"][layer]["__call__"][0]          # [B, h, w, C]
-            feat = jax.nn.relu(feat.astype(np.float32)).mean((1, 2))
-            kp, conf = decode_heatmaps(logits, stride)
-            # the same multi-peak entropy as `analyze` computes by default
-            mpe_on, mpe_thr, mpe_norm = MPE_MODES[MPE_NORMALIZE]
-            mpe = kernels.multi_peak_entropy(
-                logits if mpe_on == "logits" else jax.nn.sigmoid(logits), window=MPE_WINDOW,
-                threshold=mpe_thr, normalize=mpe_norm, temperature=MPE_TEMPERATURE)
-            return kp, conf, mpe, feat
+            out = body(params, x)
+            return out["keypoints"], out["confidences"], out["mpe"], out["features"]
 
         if mode == "vmap":
             fn = jax.vmap(one, in_axes=(0, None))
