@@ -145,7 +145,8 @@ def suspect_kind(labels: np.ndarray, prediction: np.ndarray, aum: np.ndarray,
 
 # ------------------------------------------------------- the swap-aware frame score
 MIN_SD = 0.05          # floor of a robust SD (same units as the values), against ties
-G_SWAP = 1.0           # swap gain at which the swap term reaches the bound -K_SD
+G_SWAP = 0.5           # a frame's suspected kind is a swap when its best pair's gain is above
+LABEL_SCALING = "frame"  # label term: lowest raw label AUM ("frame") or per-keypoint z
 MIN_PER_KEYPOINT = 8   # fewer real labels of a keypoint: its AUM is scaled with all labels'
 
 
@@ -207,33 +208,37 @@ def swap_gain(labels: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
 
 
 def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarray,
-                      real: np.ndarray, k_sd: float = K_SD, g_swap: float = G_SWAP) -> dict:
-    """The documented frame score (lower = more suspect), in units where -`k_sd` is the
-    bound below the bulk (`real` bool `[n]`: the frames that are not threshold samples):
+                      real: np.ndarray, label_scaling: str | None = None) -> dict:
+    """The documented frame score (lower = more suspect), in robust SDs from the bulk of
+    the real frames (`real` bool `[n]`: the frames that are not threshold samples;
+    median and half-SD from the side away from the errors, `_bulk`):
 
-      label term  label_z_i = (L_i - median L) / SD_up(L),  L_i = min_k z[i, k],
-                  z = `keypoint_aum_z` (each label's AUM scaled by its keypoint's own
-                  spread); median and upper-half SD over the real frames (`_bulk`)
-      swap term   swap_z_i = -k_sd * S_i / g_swap,  S_i = max_{a != b} g[i, a, b],
-                  g = `swap_gain` of the out-of-subset prediction with sigma_k = median
-                  |p_k - l_k| over the real frames
-      score_i = min(label_z_i, swap_z_i)
+      label term  label_z_i = (L_i - median L) / SD_up(L), L_i = the frame's lowest label
+                  AUM (`label_scaling` "frame") or lowest `keypoint_aum_z` (each label's
+                  AUM scaled by its own keypoint's spread, "keypoint")
+      swap term   swap_z_i = -(S_i - median S) / SD_low(S), S_i = max_{a != b} g[i, a, b]
+                  (`swap_gain` of the out-of-subset prediction, sigma_k = median
+                  |p_k - l_k| over the real frames)
+      joint       (label_z_i + swap_z_i) / sqrt(2)   (Stouffer: a swap lowers both)
+      score_i = min(label_z_i, swap_z_i, joint_i)
 
-    The swap term is absolute, not scaled by its bulk: a clean frame has S near -2 (a
-    label displaced alone cannot make S positive: by the triangle inequality exchanging
-    it with a correct label does not bring it closer), so it reaches the bound -k_sd
-    exactly when exchanging two labels removes more than g_swap x (their separation +
-    sigma_a + sigma_b) of the prediction's error: for a clean swap (S = 2 d / (d + sigma_a
-    + sigma_b)) when the pair lies farther apart than the prediction's own error.
-    A frame without a finite AUM gets NaN (not ranked). Returns score, label_z, swap_z,
-    "aum_z" [n, K], "gain" [n, K, K], "sigma" [K], "label_bulk"."""
+    A frame without a finite AUM gets NaN (not ranked); one with fewer than two
+    predicted labels gets its label term. Returns score, label_z, swap_z, joint_z,
+    "swap_gain" [n], "aum_z" [n, K], "gain" [n, K, K], "sigma" [K], "label_bulk",
+    "swap_bulk"."""
+    label_scaling = label_scaling or LABEL_SCALING
     aum = np.asarray(aum, np.float64)
     lab = np.asarray(labels, np.float64)
     pred = np.asarray(prediction, np.float64)
     real = np.asarray(real, bool)
     z = keypoint_aum_z(aum, real)
-    ok = np.isfinite(z)
-    lterm = np.where(ok.any(1), np.where(ok, z, np.inf).min(1), np.nan)
+    if label_scaling == "keypoint":
+        ok = np.isfinite(z)
+        lterm = np.where(ok.any(1), np.where(ok, z, np.inf).min(1), np.nan)
+    elif label_scaling == "frame":
+        lterm = frame_aum(aum)
+    else:
+        raise ValueError(f"label_scaling {label_scaling!r}: 'frame' or 'keypoint'")
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -245,12 +250,15 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
     gok = np.isfinite(g)
     sterm = np.where(gok.any((1, 2)), np.where(gok, g, -np.inf).max((1, 2)), np.nan)
     lm, lsd = _bulk(lterm[real], "low")
+    sm, ssd = _bulk(sterm[real], "high")
     label_z = (lterm - lm) / lsd
-    swap_z = -k_sd * sterm / g_swap
-    score = np.where(np.isfinite(swap_z), np.fmin(label_z, swap_z), label_z)
+    swap_z = -(sterm - sm) / ssd
+    joint = (label_z + swap_z) / np.sqrt(2.0)
+    score = np.where(np.isfinite(swap_z), np.fmin(np.fmin(label_z, swap_z), joint), label_z)
     score = np.where(np.isfinite(lterm), score, np.nan)
-    return {"score": score, "label_z": label_z, "swap_z": swap_z, "swap_gain": sterm,
-            "aum_z": z, "gain": g, "sigma": sigma, "label_bulk": (lm, lsd)}
+    return {"score": score, "label_z": label_z, "swap_z": swap_z, "joint_z": joint,
+            "swap_gain": sterm, "aum_z": z, "gain": g, "sigma": sigma,
+            "label_bulk": (lm, lsd), "swap_bulk": (sm, ssd), "label_scaling": label_scaling}
 
 
 def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
@@ -258,7 +266,8 @@ def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
     """Suspected kind per frame from `swap_aware_scores` `sc`: "swap" of the pair with the
     largest gain when it exceeds g_swap (the exchanged labels fit the out-of-subset
     prediction clearly better; correction: exchange them), else "displaced" at the
-    keypoint of lowest aum_z (correction: the prediction)."""
+    label farthest from the prediction in units of its keypoint's sigma (correction: the
+    prediction)."""
     labels = np.asarray(labels, np.float64)
     pred = np.asarray(prediction, np.float64)
     out = []
@@ -275,7 +284,11 @@ def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
             corr[a], corr[b] = labels[i, b], labels[i, a]
             out.append({"kind": "swap", "a": a, "b": b, "correction": corr})
             continue
-        a = int(np.nanargmin(zi))
+        # the label farthest from the prediction in units of its keypoint's typical
+        # error; the lowest scaled AUM where nothing is predicted
+        r = np.linalg.norm(pred[i] - labels[i], axis=-1) / sc["sigma"]
+        r = np.where(np.isfinite(zi), r, np.nan)
+        a = int(np.nanargmax(r)) if np.isfinite(r).any() else int(np.nanargmin(zi))
         if np.isfinite(pred[i, a]).all():
             corr[a] = pred[i, a]
         out.append({"kind": "displaced", "a": a, "b": None, "correction": corr})
@@ -332,9 +345,10 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
         score = terms["score"]
         fc = score_cut(score, probe)
         what = ("swap-aware frame score (lower = more suspect): min of the label term (the "
-                "frame's lowest AUM, each label scaled by its own keypoint's AUM over the "
-                "real frames) and the swap term (how much better the out-of-subset "
-                "prediction fits two labels exchanged), each in robust SDs from the real "
+                "frame's lowest label AUM" + (", each label scaled by its own keypoint's "
+                "AUM over the real frames" if terms["label_scaling"] == "keypoint" else "")
+                + "), the swap term (how much better the out-of-subset prediction fits two "
+                "labels exchanged) and their Stouffer sum, in robust SDs from the real "
                 "frames' bulk")
     else:
         score = fa
@@ -351,10 +365,13 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
         summary["terms"] = {
             "label_term_bulk": {"median": _f(terms["label_bulk"][0]),
                                 "sd_upper_half": _f(terms["label_bulk"][1])},
-            "swap_term": f"-{K_SD:g} x (largest swap gain) / {G_SWAP:g}",
+            "label_scaling": terms["label_scaling"],
+            "swap_term_bulk": {"median": _f(terms["swap_bulk"][0]),
+                               "sd_lower_half": _f(terms["swap_bulk"][1])},
             "sigma_px_training": [_f(v) for v in terms["sigma"]],
             "n_flagged_by_swap_term": int((flagged & (terms["swap_z"] < fc.cut)).sum()),
-            "n_flagged_by_label_term": int((flagged & (terms["label_z"] < fc.cut)).sum())}
+            "n_flagged_by_label_term": int((flagged & (terms["label_z"] < fc.cut)).sum()),
+            "n_flagged_by_joint_term": int((flagged & (terms["joint_z"] < fc.cut)).sum())}
     for code, name in KINDS.items():
         sel = pk == code
         if sel.any():
