@@ -251,17 +251,20 @@ def main(argv: list[str] | None = None) -> int:
           + (f" --image-size {args.image_size}" if args.image_size else " (image size: auto)"),
           flush=True)
     print(f"{'seed':>4} {'size':>5} {'stride':>6} {'radius':>6} {'planted':>7} {'ROC-AUC':>8} "
-          f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'rho spread':>10} "
+          f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'best rho':>22} "
           f"{'test px':>8} {'wall s':>7}", flush=True)
     for seed in seeds:
         r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work),
                      strategy=args.strategy, reuse=args.reuse)
         rows.append(r)
         sp = r["spearman"]
+        ok = {k: v for k, v in sp.items() if v is not None}
+        b = max(ok, key=ok.get) if ok else None
+        best = f"{fmt(ok[b])} ({b})" if b else "n/a"
         print(f"{seed:>4} {r['image_size']:>5} {r['output_stride']:>6} {r['aum_radius']:>6} "
               f"{r['planted_in_train']:>7} {fmt(r['roc_auc']):>8} {r['flagged']:>7} "
               f"{fmt(r['recall']):>7} {fmt(r['precision']):>9} {fmt(sp.get('mpe_mean')):>8} "
-              f"{fmt(sp.get('spread_mean')):>10} {r['ensemble_test_px']:>8.2f} "
+              f"{best:>22} {r['ensemble_test_px']:>8.2f} "
               f"{r['wall_s']:>7.0f}", flush=True)
         if r.get("roc_auc_swap_term") is not None:
             print(f"      ROC-AUC of the plain frame AUM {fmt(r['roc_auc_frame_aum'])}, label "
