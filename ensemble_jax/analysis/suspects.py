@@ -1,40 +1,41 @@
 """Suspect frames: which labeled frames to look at first, what is probably wrong, and the
 suggested correction.
 
-Frame score (the documented ranking; lower = more suspect):
+Frame score (the documented ranking, `frame_report` with the out-of-subset prediction;
+lower = more suspect; `swap_aware_scores`):
 
-  frame AUM   the lowest AUM among the frame's labels (`aum.py`: the label's heatmap
-              margin averaged over training and over the alive members that saw it).
-              A swapped pair, a label put on another bodypart and a displaced label all
-              give a low margin to at least one label of the frame.
+  label term  the frame's lowest label AUM (`aum.py`: the label's heatmap margin averaged
+              over training and over the alive members that saw it), in robust SDs from
+              the real frames' bulk: low for a displaced label or one on another bodypart.
+  swap term   the largest swap gain over the frame's labeled pairs (`swap_gain`): how much
+              better the prediction of the members that did NOT train on the frame fits the
+              two labels exchanged, in robust SDs from the bulk. Members that train on a
+              swapped pair partly learn it, so its AUM is only a little low (openfield's
+              ears); the members that left the frame out predict the true places.
+  joint       (label term + swap term) / sqrt(2) (Stouffer): a swap lowers both.
+  score       min(label term, swap term, joint).
 
-Cut (which frames are flagged): the threshold samples (`threshold.py`, kind "realistic")
-are frames with one known realistic error each: a swapped left/right (or closest) pair, a
-label put on the nearest other keypoint, a label displaced inside the image content. Their
-frame AUMs show where realistic errors fall in this very run. With `s_thr` their frame
-AUMs and `s_real` those of the other (real) frames:
+Cut (`score_cut`): the threshold samples (`threshold.py`, kind "realistic") are frames with
+one known realistic error each: a swapped left/right (or closest) pair, a label put on the
+nearest other keypoint, a label displaced inside the image content. Their scores show
+where realistic errors fall in this very run:
 
-  cut = min(percentile(s_thr, PROBE_PERCENTILE),  m - K_SD * sd_up)
-        m = median(s_real),  sd_up = (percentile(s_real, 75) - m) / 0.6745
+  cut = min(percentile(threshold-sample frames' scores, PROBE_PERCENTILE), -K_SD)
 
 The first term flags what looks like the realistic errors (Pleiss et al. use the 99th
-percentile of their threshold samples; 90 here, as a few probes per run make the top
-one noisy). The second keeps the cut K_SD standard deviations below the bulk of the real
-frames: sd_up is estimated from their upper half only, which label errors (they sit in
-the low tail) leave alone, so clean frames are rarely flagged whatever the probes say
-(for a normal bulk, 0.13% of clean frames fall below m - 3 sd). With no threshold
-sample the second term alone is the cut.
+percentile of their threshold samples; 90 here, as a few probes per run make the top one
+noisy); the second keeps the cut K_SD robust SDs below the bulk of the real frames (for a
+normal bulk 0.13% of clean frames per term).
 
-Suspected kind of a flagged (or any ranked) frame, from the ensemble's prediction of the
-frame (median over the alive members that did not train on it when there are such, else
-over all alive members), label l and prediction p per keypoint. For the frame's
-lowest-AUM keypoint a and every other labeled keypoint b:
+Without a prediction (`frame_report(aum, kind)`) the score is the plain frame AUM (the
+lowest label AUM) with `frame_cut`: min(percentile of the threshold frames' AUM, median -
+K_SD x upper-half SD of the real frames); analyze uses that cut for the label flags of
+aum.csv.
 
-  keep  = |p_a - l_a| + |p_b - l_b|          swap = |p_a - l_b| + |p_b - l_a|
-
-  swap of a and b     when the best b has swap < SWAP_RATIO * keep: the prediction agrees
-                      with the exchanged labels; correction: exchange the two labels.
-  displaced a         otherwise; correction: put a at the ensemble's prediction p_a.
+Suspected kind (`swap_aware_kind`): "swap of a and b" when the best pair's gain exceeds
+G_SWAP (correction: exchange the two labels), else "displaced a" for the label farthest
+from the out-of-subset prediction in units of its keypoint's typical error (correction:
+the prediction). `suspect_kind` is the earlier rule (from the lowest-AUM label).
 """
 from __future__ import annotations
 
