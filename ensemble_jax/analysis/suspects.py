@@ -202,7 +202,8 @@ def swap_gain(labels: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
     pa, pb = p[:, :, None], p[:, None, :]
     keep = d(pa, la) + d(pb, lb)
     swap = d(pa, lb) + d(pb, la)
-    g = (keep - swap) / (d(la, lb) + sg[:, None] + sg[None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):   # the diagonal: 0 / 0
+        g = (keep - swap) / (d(la, lb) + sg[:, None] + sg[None, :])
     k = lab.shape[1]
     g[:, np.arange(k), np.arange(k)] = np.nan
     return g
