@@ -9,11 +9,13 @@ none), `--plan random --members 4` and `--steps`:
         --out RUN --quiet
     ensemble-jax analyze RUN --quiet
 
-Then `suspects.csv` (training frames ranked by the documented frame score, the frame AUM,
-with the flags of the cut; the sweep's own threshold-sample frames are not in it) is
-scored against the planted frames that landed in the training split:
+Then `suspects.csv` (training frames ranked by the documented frame score, the swap-aware
+score of `analysis/suspects.py`, with the flags of the cut; the sweep's own
+threshold-sample frames are not in it) is scored against the planted frames that landed
+in the training split:
 
-  ROC-AUC     of -frame AUM against the planted frames (goal >= 0.95)
+  ROC-AUC     of -frame score against the planted frames (goal >= 0.95); also of its
+              two terms and of the plain frame AUM (lowest label AUM), for comparison
   recall      planted frames flagged / planted frames (goal >= 0.5)
   precision   planted frames flagged / frames flagged (goal >= 0.8; n/a when none flagged)
 
@@ -130,9 +132,21 @@ def _score(run: Path, planted_ids: set[str]) -> dict:
     config = json.loads((run / "config.json").read_text())
     unc = analysis.get("uncertainty_vs_error", {})
     mpe = pd.read_csv(run / "mpe.csv")
+    score = sus.frame_score if "frame_score" in sus else sus.frame_aum
+    by = {}
+    if "frame_score" in sus:    # which term flagged the planted frames
+        cut = analysis["suspects"]["cut"]
+        by = {"swap_term": int((bad & flagged & (sus.swap_z < cut)).sum()),
+              "label_term": int((bad & flagged & (sus.label_z < cut)).sum())}
     return {
         "train_frames_scored": int(len(sus)), "planted_in_train": int(bad.sum()),
-        "roc_auc": roc_auc(-sus.frame_aum.to_numpy(), bad), "flagged": int(flagged.sum()),
+        "roc_auc": roc_auc(-score.to_numpy(), bad), "flagged": int(flagged.sum()),
+        "roc_auc_frame_aum": roc_auc(-sus.frame_aum.to_numpy(), bad),
+        "roc_auc_label_term": roc_auc(-sus.label_z.to_numpy(), bad) if "label_z" in sus
+        else None,
+        "roc_auc_swap_term": roc_auc(-sus.swap_z.fillna(np.inf).to_numpy(), bad)
+        if "swap_z" in sus else None,
+        "planted_flagged_by": by,
         "flagged_planted": tp, "recall": tp / bad.sum() if bad.any() else None,
         "precision": tp / flagged.sum() if flagged.any() else None,
         "suspected_kind_of_flagged_planted": sus[bad & flagged].suspected.value_counts()
@@ -237,18 +251,27 @@ def main(argv: list[str] | None = None) -> int:
           + (f" --image-size {args.image_size}" if args.image_size else " (image size: auto)"),
           flush=True)
     print(f"{'seed':>4} {'size':>5} {'stride':>6} {'radius':>6} {'planted':>7} {'ROC-AUC':>8} "
-          f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'rho spread':>10} "
+          f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'best rho':>22} "
           f"{'test px':>8} {'wall s':>7}", flush=True)
     for seed in seeds:
         r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work),
                      strategy=args.strategy, reuse=args.reuse)
         rows.append(r)
         sp = r["spearman"]
+        ok = {k: v for k, v in sp.items() if v is not None}
+        b = max(ok, key=ok.get) if ok else None
+        best = f"{fmt(ok[b])} ({b})" if b else "n/a"
         print(f"{seed:>4} {r['image_size']:>5} {r['output_stride']:>6} {r['aum_radius']:>6} "
               f"{r['planted_in_train']:>7} {fmt(r['roc_auc']):>8} {r['flagged']:>7} "
               f"{fmt(r['recall']):>7} {fmt(r['precision']):>9} {fmt(sp.get('mpe_mean')):>8} "
-              f"{fmt(sp.get('spread_mean')):>10} {r['ensemble_test_px']:>8.2f} "
+              f"{best:>22} {r['ensemble_test_px']:>8.2f} "
               f"{r['wall_s']:>7.0f}", flush=True)
+        if r.get("roc_auc_swap_term") is not None:
+            print(f"      ROC-AUC of the plain frame AUM {fmt(r['roc_auc_frame_aum'])}, label "
+                  f"term {fmt(r['roc_auc_label_term'])}, swap term "
+                  f"{fmt(r['roc_auc_swap_term'])}; planted frames flagged by the swap term "
+                  f"{r['planted_flagged_by']['swap_term']}, by the label term "
+                  f"{r['planted_flagged_by']['label_term']}", flush=True)
         if "per_kind" in r:
             print("      recall per kind: " + ", ".join(
                 f"{k} {fmt(v['recall'])} (n={v['n']})" for k, v in r["per_kind"].items()),

@@ -399,14 +399,16 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
 
     # ---------------- suspects (analysis/suspects.py)
     pred_tr = sus.oob_prediction(out_tr["keypoints"], masks[members])      # training px
-    kinds = sus.suspect_kind(train.keypoints, pred_tr, rep.aum)
+    frames = sus.frame_report(rep.aum, thr_kind if thr_kind is not None else np.where(
+        thr_mask, 4, 0).astype(np.int8), noise, labels=train.keypoints, prediction=pred_tr)
+    kinds = sus.swap_aware_kind(train.keypoints, pred_tr, frames["terms"])
     corrections = np.stack([kd["correction"] for kd in kinds]) if kinds else \
         np.zeros((0, k, 2))
     sus_rows = sus.write_suspects(
         run / "suspects.csv", list(train.frame_ids), bps, frames["score"], frames["flagged"],
         frames["probe_kind"], [dict(kd, correction=c) for kd, c in
                                zip(kinds, train.to_original(corrections))],
-        train.original_keypoints(), rep.aum, noise)
+        train.original_keypoints(), rep.aum, noise, frames["frame_aum"], frames["terms"])
     suspects_info = dict(frames["summary"])
     suspects_info["prediction"] = ("median over the alive members that did not train on "
                                    "the frame (all alive members if every one did)")
@@ -507,7 +509,8 @@ def describe(analysis: dict, n: int = 3) -> str:
                      f"flagged (suspects.csv; {sus_info['rule']})")
         for r in sus_info["top"][:n]:
             lines.append(f"  {'flagged' if r['flagged'] else 'ranked'}: {r['frame']}: "
-                         f"{r['description']} (frame AUM {r['frame_aum']:.2f})")
+                         f"{r['description']} (frame score "
+                         f"{r.get('frame_score', r['frame_aum']):.2f})")
         for kind, t in sus_info.get("threshold_frames", {}).items():
             lines.append(f"  threshold samples '{kind}': {t['n']} frames, "
                          f"{t['recall_at_cut']:.2f} below the cut")

@@ -118,15 +118,17 @@ def build_run_report(run_dir: str | Path, *, title: str | None = None) -> Path:
                          f"{html.escape(sus['score'])}. Rule: {html.escape(sus['rule'])}.</p>")
             tf = sus.get("threshold_frames", {})
             if tf:
-                parts.append(_table(["threshold-sample kind", "frames", "median frame AUM",
-                                     "share below the cut"],
-                                    [[k, v["n"], v["median_frame_aum"], v["recall_at_cut"]]
+                parts.append(_table(["threshold-sample kind", "frames", "median frame score",
+                                     "median frame AUM", "share below the cut"],
+                                    [[k, v["n"], v.get("median_score", v["median_frame_aum"]),
+                                      v["median_frame_aum"], v["recall_at_cut"]]
                                      for k, v in tf.items()],
                                     "Known errors planted by the sweep (the calibration)"))
             if sus.get("top"):
                 parts.append(_table(
-                    ["rank", "frame", "frame AUM", "flagged", "suspected"],
-                    [[r["rank"], r["frame"], r["frame_aum"], r["flagged"], r["description"]]
+                    ["rank", "frame", "frame score", "frame AUM", "flagged", "suspected"],
+                    [[r["rank"], r["frame"], r.get("frame_score", r["frame_aum"]),
+                      r["frame_aum"], r["flagged"], r["description"]]
                      for r in sus["top"]], "Top of suspects.csv"))
         parts.append(_file_img(run / "suspects.png", "Top suspects: label (+), ensemble "
                                "prediction (x), suggested correction (red arrow)"))

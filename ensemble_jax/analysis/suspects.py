@@ -1,40 +1,41 @@
 """Suspect frames: which labeled frames to look at first, what is probably wrong, and the
 suggested correction.
 
-Frame score (the documented ranking; lower = more suspect):
+Frame score (the documented ranking, `frame_report` with the out-of-subset prediction;
+lower = more suspect; `swap_aware_scores`):
 
-  frame AUM   the lowest AUM among the frame's labels (`aum.py`: the label's heatmap
-              margin averaged over training and over the alive members that saw it).
-              A swapped pair, a label put on another bodypart and a displaced label all
-              give a low margin to at least one label of the frame.
+  label term  the frame's lowest label AUM (`aum.py`: the label's heatmap margin averaged
+              over training and over the alive members that saw it), in robust SDs from
+              the real frames' bulk: low for a displaced label or one on another bodypart.
+  swap term   the largest swap gain over the frame's labeled pairs (`swap_gain`): how much
+              better the prediction of the members that did NOT train on the frame fits the
+              two labels exchanged, in robust SDs from the bulk. Members that train on a
+              swapped pair partly learn it, so its AUM is only a little low (openfield's
+              ears); the members that left the frame out predict the true places.
+  joint       (label term + swap term) / sqrt(2) (Stouffer): a swap lowers both.
+  score       min(label term, swap term, joint).
 
-Cut (which frames are flagged): the threshold samples (`threshold.py`, kind "realistic")
-are frames with one known realistic error each: a swapped left/right (or closest) pair, a
-label put on the nearest other keypoint, a label displaced inside the image content. Their
-frame AUMs show where realistic errors fall in this very run. With `s_thr` their frame
-AUMs and `s_real` those of the other (real) frames:
+Cut (`score_cut`): the threshold samples (`threshold.py`, kind "realistic") are frames with
+one known realistic error each: a swapped left/right (or closest) pair, a label put on the
+nearest other keypoint, a label displaced inside the image content. Their scores show
+where realistic errors fall in this very run:
 
-  cut = min(percentile(s_thr, PROBE_PERCENTILE),  m - K_SD * sd_up)
-        m = median(s_real),  sd_up = (percentile(s_real, 75) - m) / 0.6745
+  cut = min(percentile(threshold-sample frames' scores, PROBE_PERCENTILE), -K_SD)
 
 The first term flags what looks like the realistic errors (Pleiss et al. use the 99th
-percentile of their threshold samples; 90 here, as a few probes per run make the top
-one noisy). The second keeps the cut K_SD standard deviations below the bulk of the real
-frames: sd_up is estimated from their upper half only, which label errors (they sit in
-the low tail) leave alone, so clean frames are rarely flagged whatever the probes say
-(for a normal bulk, 0.13% of clean frames fall below m - 3 sd). With no threshold
-sample the second term alone is the cut.
+percentile of their threshold samples; 90 here, as a few probes per run make the top one
+noisy); the second keeps the cut K_SD robust SDs below the bulk of the real frames (for a
+normal bulk 0.13% of clean frames per term).
 
-Suspected kind of a flagged (or any ranked) frame, from the ensemble's prediction of the
-frame (median over the alive members that did not train on it when there are such, else
-over all alive members), label l and prediction p per keypoint. For the frame's
-lowest-AUM keypoint a and every other labeled keypoint b:
+Without a prediction (`frame_report(aum, kind)`) the score is the plain frame AUM (the
+lowest label AUM) with `frame_cut`: min(percentile of the threshold frames' AUM, median -
+K_SD x upper-half SD of the real frames); analyze uses that cut for the label flags of
+aum.csv.
 
-  keep  = |p_a - l_a| + |p_b - l_b|          swap = |p_a - l_b| + |p_b - l_a|
-
-  swap of a and b     when the best b has swap < SWAP_RATIO * keep: the prediction agrees
-                      with the exchanged labels; correction: exchange the two labels.
-  displaced a         otherwise; correction: put a at the ensemble's prediction p_a.
+Suspected kind (`swap_aware_kind`): "swap of a and b" when the best pair's gain exceeds
+G_SWAP (correction: exchange the two labels), else "displaced a" for the label farthest
+from the out-of-subset prediction in units of its keypoint's typical error (correction:
+the prediction). `suspect_kind` is the earlier rule (from the lowest-AUM label).
 """
 from __future__ import annotations
 
@@ -143,6 +144,159 @@ def suspect_kind(labels: np.ndarray, prediction: np.ndarray, aum: np.ndarray,
     return out
 
 
+# ------------------------------------------------------- the swap-aware frame score
+MIN_SD = 0.05          # floor of a robust SD (same units as the values), against ties
+G_SWAP = 0.5           # a frame's suspected kind is a swap when its best pair's gain is above
+LABEL_SCALING = "frame"  # label term: lowest raw label AUM ("frame") or per-keypoint z
+MIN_PER_KEYPOINT = 8   # fewer real labels of a keypoint: its AUM is scaled with all labels'
+
+
+def _bulk(x: np.ndarray, tail: str) -> tuple[float, float]:
+    """(median, SD) of `x` (finite values), the SD from the half away from `tail` ("low":
+    errors sit low, SD from the upper quartile; "high": from the lower quartile), so that
+    the errors being looked for do not widen it; floored at MIN_SD."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 4:
+        return float("nan"), float("nan")
+    m = float(np.median(x))
+    q = np.percentile(x, 75) - m if tail == "low" else m - np.percentile(x, 25)
+    return m, max(float(q) / 0.6745, MIN_SD)
+
+
+def keypoint_aum_z(aum: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """float `[n, K]`: each label's AUM in robust SDs of its own keypoint's AUM over the
+    real frames (`real` bool `[n]`): (aum - median_k) / upper-half SD_k. A keypoint that
+    is hard in every frame (occluded, at an image edge) has a low AUM everywhere; scaled by
+    its own spread it is suspect only when low for that keypoint."""
+    a = np.asarray(aum, np.float64)
+    real = np.asarray(real, bool)
+    z = np.full(a.shape, np.nan)
+    m_all, sd_all = _bulk(a[real], "low")
+    for j in range(a.shape[1]):
+        col = a[real, j]
+        m, sd = _bulk(col, "low") if np.isfinite(col).sum() >= MIN_PER_KEYPOINT else \
+            (m_all, sd_all)
+        z[:, j] = (a[:, j] - m) / sd
+    return z
+
+
+def swap_gain(labels: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
+              ) -> np.ndarray:
+    """float `[n, K, K]` (NaN on the diagonal and where a label or prediction is
+    missing): how much better the prediction fits keypoints a and b exchanged,
+
+        g[i, a, b] = (keep - swap) / (|l_a - l_b| + sigma_a + sigma_b)
+        keep = |p_a - l_a| + |p_b - l_b|,   swap = |p_a - l_b| + |p_b - l_a|
+
+    labels, prediction `[n, K, 2]` (same pixels), sigma `[K]` the prediction's typical
+    error per keypoint (same pixels). By the triangle inequality |keep - swap| <= 2 |l_a -
+    l_b|, so g lies in (-2, 2): near -2 for a clean, well-separated pair the prediction
+    found, near +2 for an exchanged one; sigma pulls pairs closer than the prediction's own
+    error towards 0 (no evidence either way)."""
+    lab = np.asarray(labels, np.float64)
+    p = np.asarray(prediction, np.float64)
+    sg = np.asarray(sigma, np.float64)
+    d = lambda u, v: np.linalg.norm(u - v, axis=-1)
+    la, lb = lab[:, :, None], lab[:, None, :]
+    pa, pb = p[:, :, None], p[:, None, :]
+    keep = d(pa, la) + d(pb, lb)
+    swap = d(pa, lb) + d(pb, la)
+    with np.errstate(invalid="ignore", divide="ignore"):   # the diagonal: 0 / 0
+        g = (keep - swap) / (d(la, lb) + sg[:, None] + sg[None, :])
+    k = lab.shape[1]
+    g[:, np.arange(k), np.arange(k)] = np.nan
+    return g
+
+
+def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarray,
+                      real: np.ndarray, label_scaling: str | None = None) -> dict:
+    """The documented frame score (lower = more suspect), in robust SDs from the bulk of
+    the real frames (`real` bool `[n]`: the frames that are not threshold samples;
+    median and half-SD from the side away from the errors, `_bulk`):
+
+      label term  label_z_i = (L_i - median L) / SD_up(L), L_i = the frame's lowest label
+                  AUM (`label_scaling` "frame") or lowest `keypoint_aum_z` (each label's
+                  AUM scaled by its own keypoint's spread, "keypoint")
+      swap term   swap_z_i = -(S_i - median S) / SD_low(S), S_i = max_{a != b} g[i, a, b]
+                  (`swap_gain` of the out-of-subset prediction, sigma_k = median
+                  |p_k - l_k| over the real frames)
+      joint       (label_z_i + swap_z_i) / sqrt(2)   (Stouffer: a swap lowers both)
+      score_i = min(label_z_i, swap_z_i, joint_i)
+
+    A frame without a finite AUM gets NaN (not ranked); one with fewer than two
+    predicted labels gets its label term. Returns score, label_z, swap_z, joint_z,
+    "swap_gain" [n], "aum_z" [n, K], "gain" [n, K, K], "sigma" [K], "label_bulk",
+    "swap_bulk"."""
+    label_scaling = label_scaling or LABEL_SCALING
+    aum = np.asarray(aum, np.float64)
+    lab = np.asarray(labels, np.float64)
+    pred = np.asarray(prediction, np.float64)
+    real = np.asarray(real, bool)
+    z = keypoint_aum_z(aum, real)
+    if label_scaling == "keypoint":
+        ok = np.isfinite(z)
+        lterm = np.where(ok.any(1), np.where(ok, z, np.inf).min(1), np.nan)
+    elif label_scaling == "frame":
+        lterm = frame_aum(aum)
+    else:
+        raise ValueError(f"label_scaling {label_scaling!r}: 'frame' or 'keypoint'")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        resid = np.linalg.norm(pred - lab, axis=-1)                     # [n, K]
+        sigma = np.nanmedian(np.where(real[:, None], resid, np.nan), 0)
+        fallback = np.nanmedian(resid) if np.isfinite(resid).any() else 1.0
+    sigma = np.where(np.isfinite(sigma), sigma, fallback)
+    g = swap_gain(lab, pred, sigma)
+    gok = np.isfinite(g)
+    sterm = np.where(gok.any((1, 2)), np.where(gok, g, -np.inf).max((1, 2)), np.nan)
+    lm, lsd = _bulk(lterm[real], "low")
+    sm, ssd = _bulk(sterm[real], "high")
+    label_z = (lterm - lm) / lsd
+    swap_z = -(sterm - sm) / ssd
+    joint = (label_z + swap_z) / np.sqrt(2.0)
+    score = np.where(np.isfinite(swap_z), np.fmin(np.fmin(label_z, swap_z), joint), label_z)
+    score = np.where(np.isfinite(lterm), score, np.nan)
+    return {"score": score, "label_z": label_z, "swap_z": swap_z, "joint_z": joint,
+            "swap_gain": sterm, "aum_z": z, "gain": g, "sigma": sigma,
+            "label_bulk": (lm, lsd), "swap_bulk": (sm, ssd), "label_scaling": label_scaling}
+
+
+def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
+                    g_swap: float = G_SWAP) -> list[dict]:
+    """Suspected kind per frame from `swap_aware_scores` `sc`: "swap" of the pair with the
+    largest gain when it exceeds g_swap (the exchanged labels fit the out-of-subset
+    prediction clearly better; correction: exchange them), else "displaced" at the
+    label farthest from the prediction in units of its keypoint's sigma (correction: the
+    prediction)."""
+    labels = np.asarray(labels, np.float64)
+    pred = np.asarray(prediction, np.float64)
+    out = []
+    for i in range(labels.shape[0]):
+        zi = sc["aum_z"][i]
+        if not np.isfinite(zi).any():
+            out.append({"kind": None, "a": None, "b": None, "correction": labels[i].copy()})
+            continue
+        gi = sc["gain"][i]
+        corr = labels[i].copy()
+        if np.isfinite(gi).any() and np.nanmax(gi) > g_swap:
+            a, b = (int(v) for v in np.unravel_index(np.nanargmax(gi), gi.shape))
+            a, b = min(a, b), max(a, b)
+            corr[a], corr[b] = labels[i, b], labels[i, a]
+            out.append({"kind": "swap", "a": a, "b": b, "correction": corr})
+            continue
+        # the label farthest from the prediction in units of its keypoint's typical
+        # error; the lowest scaled AUM where nothing is predicted
+        r = np.linalg.norm(pred[i] - labels[i], axis=-1) / sc["sigma"]
+        r = np.where(np.isfinite(zi), r, np.nan)
+        a = int(np.nanargmax(r)) if np.isfinite(r).any() else int(np.nanargmin(zi))
+        if np.isfinite(pred[i, a]).all():
+            corr[a] = pred[i, a]
+        out.append({"kind": "displaced", "a": a, "b": None, "correction": corr})
+    return out
+
+
 def threshold_frames(kind: np.ndarray | None) -> np.ndarray | None:
     """`[n]` kind code of each frame's threshold sample (0 = none) from `[n, K]` kinds."""
     if kind is None:
@@ -150,34 +304,83 @@ def threshold_frames(kind: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(kind).max(1).astype(np.int8)
 
 
-def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = None
+def score_cut(score: np.ndarray, probe: np.ndarray, k_sd: float = K_SD,
+              percentile: float = PROBE_PERCENTILE) -> FrameCut:
+    """The cut on the swap-aware frame score (already in robust SDs below the real frames'
+    bulk): min(`percentile` of the threshold-sample frames' scores, -k_sd)."""
+    score = np.asarray(score, np.float64)
+    probe = np.asarray(probe, bool)
+    thr = score[probe & np.isfinite(score)]
+    bulk = f"-{k_sd:g} (robust SDs below the real frames' bulk)"
+    if thr.size:
+        pt = float(np.percentile(thr, percentile))
+        cut = min(pt, -k_sd)
+        which = (f"the threshold samples' {percentile:g}th percentile" if pt <= -k_sd else
+                 "the bound below the real frames' bulk")
+        rule = (f"frame score < min({percentile:g}th percentile of the {thr.size} "
+                f"threshold-sample frames ({pt:.3f}), {bulk}) = {cut:.3f}: {which}")
+        return FrameCut(float(cut), rule, pt, 0.0, 1.0)
+    return FrameCut(-float(k_sd), f"frame score < {bulk}; no threshold samples", None,
+                    0.0, 1.0)
+
+
+def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = None,
+                 labels: np.ndarray | None = None, prediction: np.ndarray | None = None
                  ) -> dict:
     """Frame scores, cut and flags of a run with realistic threshold samples.
 
     aum `[n, K]` ensemble AUM; kind int8 `[n, K]` threshold kinds (`threshold.KINDS`);
-    noise bool `[n, K]` planted label noise when known. Returns a dict with "score" [n],
-    "probe_kind" [n], "cut" (FrameCut), "flagged" bool [n] (real frames only), and the
-    numbers for analysis.json under "summary"."""
+    noise bool `[n, K]` planted label noise when known. With `labels` and `prediction`
+    (`[n, K, 2]`, the out-of-subset prediction, same pixels) the score is the swap-aware
+    frame score (`swap_aware_scores`, cut `score_cut`); without, the frame AUM (cut
+    `frame_cut`). Returns a dict with "score" [n], "frame_aum" [n], "probe_kind" [n],
+    "cut" (FrameCut), "flagged" bool [n] (real frames only), "terms" (the swap-aware
+    parts or None), and the numbers for analysis.json under "summary"."""
     from ensemble_jax.analysis.aum import roc_auc
     from ensemble_jax.analysis.threshold import KINDS
-    score = frame_aum(aum)
+    fa = frame_aum(aum)
     pk = threshold_frames(kind)
     probe = pk > 0
-    fc = frame_cut(score, probe)
+    terms = None
+    if labels is not None and prediction is not None:
+        terms = swap_aware_scores(aum, labels, prediction, ~probe)
+        score = terms["score"]
+        fc = score_cut(score, probe)
+        what = ("swap-aware frame score (lower = more suspect): min of the label term (the "
+                "frame's lowest label AUM" + (", each label scaled by its own keypoint's "
+                "AUM over the real frames" if terms["label_scaling"] == "keypoint" else "")
+                + "), the swap term (how much better the out-of-subset prediction fits two "
+                "labels exchanged) and their Stouffer sum, in robust SDs from the real "
+                "frames' bulk")
+    else:
+        score = fa
+        fc = frame_cut(score, probe)
+        what = "frame AUM: lowest AUM among the frame's labels (lower = more suspect)"
     with np.errstate(invalid="ignore"):
         below = np.isfinite(score) & (score < fc.cut)
     flagged = below & ~probe
     summary: dict = {
-        "score": "frame AUM: lowest AUM among the frame's labels (lower = more suspect)",
-        "cut": fc.cut if np.isfinite(fc.cut) else None, "rule": fc.rule,
+        "score": what, "cut": fc.cut if np.isfinite(fc.cut) else None, "rule": fc.rule,
         "n_frames": int((~probe).sum()), "n_flagged": int(flagged.sum()),
         "threshold_frames": {}}
+    if terms is not None:
+        summary["terms"] = {
+            "label_term_bulk": {"median": _f(terms["label_bulk"][0]),
+                                "sd_upper_half": _f(terms["label_bulk"][1])},
+            "label_scaling": terms["label_scaling"],
+            "swap_term_bulk": {"median": _f(terms["swap_bulk"][0]),
+                               "sd_lower_half": _f(terms["swap_bulk"][1])},
+            "sigma_px_training": [_f(v) for v in terms["sigma"]],
+            "n_flagged_by_swap_term": int((flagged & (terms["swap_z"] < fc.cut)).sum()),
+            "n_flagged_by_label_term": int((flagged & (terms["label_z"] < fc.cut)).sum()),
+            "n_flagged_by_joint_term": int((flagged & (terms["joint_z"] < fc.cut)).sum())}
     for code, name in KINDS.items():
         sel = pk == code
         if sel.any():
             s = score[sel]
             summary["threshold_frames"][name] = {
-                "n": int(sel.sum()), "median_frame_aum": _f(np.nanmedian(s)),
+                "n": int(sel.sum()), "median_score": _f(np.nanmedian(s)),
+                "median_frame_aum": _f(np.nanmedian(fa[sel])),
                 "recall_at_cut": _f(below[sel].mean())}
     if noise is not None:
         bad = np.asarray(noise, bool).any(1) & ~probe
@@ -189,8 +392,8 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
             "flagged_planted": tp,
             "recall": _f(tp / bad.sum()) if bad.any() else None,
             "precision": _f(tp / flagged.sum()) if flagged.any() else None}
-    return {"score": score, "probe_kind": pk, "cut": fc, "flagged": flagged,
-            "summary": summary}
+    return {"score": score, "frame_aum": fa, "probe_kind": pk, "cut": fc,
+            "flagged": flagged, "terms": terms, "summary": summary}
 
 
 def _f(x) -> float | None:
@@ -199,9 +402,13 @@ def _f(x) -> float | None:
 
 
 def write_suspects(path, frame_ids, bodyparts, score, flagged, probe_kind, kinds: list[dict],
-                   labels_orig, aum, noise=None) -> list[dict]:
-    """Writes `suspects.csv` (real frames ranked by frame AUM, lowest first; threshold
-    frames left out) and returns its rows as dicts. Coordinates in original pixels."""
+                   labels_orig, aum, noise=None, frame_aum_values=None, terms=None
+                   ) -> list[dict]:
+    """Writes `suspects.csv` (real frames ranked by `score`, lowest first; threshold
+    frames left out) and returns its rows as dicts. Coordinates in original pixels.
+    With `terms` (`swap_aware_scores`) the columns frame_score, label_z and swap_z are
+    written too; frame_aum is `frame_aum_values` (default: `score`)."""
+    fa = score if frame_aum_values is None else frame_aum_values
     import csv
     import io as _io
     from ensemble_jax import io as eio
@@ -217,12 +424,16 @@ def write_suspects(path, frame_ids, bodyparts, score, flagged, probe_kind, kinds
         else:
             what = f"displaced {bodyparts[a]}"
         ca = k["correction"][a]
-        row = {"rank": rank, "frame": frame_ids[i], "frame_aum": float(score[i]),
-               "flagged": int(flagged[i]), "suspected": k["kind"], "description": what,
-               "keypoint": bodyparts[a], "other_keypoint": bodyparts[b] if b is not None else "",
-               "aum": float(aum[i, a]),
-               "label_x": float(labels_orig[i, a, 0]), "label_y": float(labels_orig[i, a, 1]),
-               "suggested_x": float(ca[0]), "suggested_y": float(ca[1])}
+        row = {"rank": rank, "frame": frame_ids[i]}
+        if terms is not None:
+            row.update(frame_score=float(score[i]), label_z=float(terms["label_z"][i]),
+                       swap_z=float(terms["swap_z"][i]))
+        row.update({
+            "frame_aum": float(fa[i]), "flagged": int(flagged[i]), "suspected": k["kind"],
+            "description": what, "keypoint": bodyparts[a],
+            "other_keypoint": bodyparts[b] if b is not None else "", "aum": float(aum[i, a]),
+            "label_x": float(labels_orig[i, a, 0]), "label_y": float(labels_orig[i, a, 1]),
+            "suggested_x": float(ca[0]), "suggested_y": float(ca[1])})
         if noise is not None:
             row["planted_noise"] = int(np.asarray(noise)[i].any())
         rows.append(row)
@@ -292,7 +503,8 @@ def gallery(path, images, labels, prediction, corrections, rows, index_of, bodyp
             ax.set_ylim(h - 0.5, -0.5)
         flag = "FLAGGED " if r["flagged"] else ""
         ax.set_title(f"#{r['rank']} {flag}{str(r['frame']).split('/')[-1]}\n"
-                     f"{r['description']} (frame AUM {r['frame_aum']:.2f})", fontsize=8)
+                     f"{r['description']} (score {r.get('frame_score', r['frame_aum']):.2f})",
+                     fontsize=8)
     handles = [Line2D([], [], marker="s", ls="", color=colours[j], ms=7, label=bp)
                for j, bp in enumerate(bodyparts)]
     handles += [Line2D([], [], marker="+", ls="", color="0.3", ms=10, mew=2.5, label="label"),
@@ -301,7 +513,7 @@ def gallery(path, images, labels, prediction, corrections, rows, index_of, bodyp
                 Line2D([], [], color="red", lw=1.8, label="suggested correction")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
                fontsize=8, frameon=False)
-    fig.suptitle("Suspect frames, lowest frame AUM first", fontsize=11)
+    fig.suptitle("Suspect frames, most suspect first", fontsize=11)
     eio.save_figure(path, fig, dpi=110)
     plt.close(fig)
 
