@@ -67,6 +67,7 @@ def test_bad_counts_are_refused_with_their_name(monkeypatch, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow   # ~30-60 s on CI; the same equality/kernels are covered by faster tests
 def test_sweep_over_the_cores_matches_one_device(tmp_path):
     """The command line's default layout on a CPU (members split over one device per core)
     trains the same members as one device."""

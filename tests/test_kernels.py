@@ -396,6 +396,7 @@ def test_spread_checks():
 
 
 # ----------------------------------------------------------------------------- benchmark
+@pytest.mark.slow   # ~30-60 s on CI; the same equality/kernels are covered by faster tests
 def test_benchmark_quick(run_benchmark):
     data = run_benchmark("kernels.py", "--quick", timeout=300)
     assert data["rows"], data
