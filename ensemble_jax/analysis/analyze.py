@@ -53,7 +53,7 @@ import csv
 import io
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +67,7 @@ from ensemble_jax.analysis import suspects as sus
 from ensemble_jax.analysis import uncertainty as unc
 from ensemble_jax.models.forward import members_over_frames
 from ensemble_jax.training.result import EnsembleResult
+from ensemble_jax import logs
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
 METRIC_UNITS = {"pixel_error": "px (original image)", "gt_confidence": "probability",
@@ -151,13 +152,6 @@ def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list
     return out
 
 
-def _threshold_kinds(run: Path) -> np.ndarray | None:
-    """int8 [n, K] kinds of the realistic threshold samples (threshold.KINDS), None for
-    runs that recorded none."""
-    z = eio.load_npz(run / "data.npz")
-    return z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
-
-
 def _largest_tie_share(x: np.ndarray) -> float:
     """The share of the finite entries that the most common single value takes."""
     x = np.asarray(x)[np.isfinite(x)]
@@ -167,8 +161,9 @@ def _largest_tie_share(x: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------- analyze
+@logs.sink
 def analyze(run_dir: str | Path, *, progress: bool = True,
-            log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
+            batch_size: int = 64, top: int = TOP,
             figures_enabled: bool = True, estimator: str | None = None,
             mpe: str = MPE_NORMALIZE) -> dict:
     """Analyses a run directory (see the module docstring); returns analysis.json's dict.
@@ -187,7 +182,7 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
-    with runlock.locked(run, "analyze", warn=log):
+    with runlock.locked(run, "analyze"):
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
         from ensemble_jax.analysis.attribution import check_estimator, plan_of
@@ -198,25 +193,25 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         eio.remove_temporaries(run)
         if mpe not in MPE_MODES:
             raise ValueError(f"mpe={mpe!r}: choose one of {sorted(MPE_MODES)}")
-        return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
+        return _analyze_locked(run, progress=progress, batch_size=batch_size,
                                top=top, figures_enabled=figures_enabled, estimator=estimator,
                                mpe_mode=mpe)
 
 
-def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
-                    batch_size: int, top: int, figures_enabled: bool,
-                    estimator: str | None = None, mpe_mode: str = MPE_NORMALIZE) -> dict:
+def _analyze_locked(run: Path, *, progress: bool, batch_size: int, top: int,
+                    figures_enabled: bool, estimator: str | None = None,
+                    mpe_mode: str = MPE_NORMALIZE) -> dict:
     """The driver: each section returns its arrays and its analysis.json summary."""
     t0 = time.perf_counter()
     loaded = rundir.load(run)
     train, test, result = loaded.train, loaded.test, loaded.result
-    alive, members = alive_members(run, result, train.n_frames, log)
-    a_aum, aum_info = aum_section(run, train, result, loaded.threshold_mask, alive, top, log)
+    alive, members = alive_members(run, result, train.n_frames)
+    a_aum, aum_info = aum_section(run, train, result, loaded.threshold_mask, alive, top)
     out_tr, out_te = forward_section(result, members, train, test, batch_size=batch_size,
                                      progress=progress, mpe_mode=mpe_mode)
     a_inf, influence_info = influence_section(run, loaded.config, result, members, train,
                                               test, out_tr, out_te, estimator=estimator,
-                                              top=top, log=log, figures=figures_enabled)
+                                              top=top, figures=figures_enabled)
     a_unc, infos = uncertainty_section(run, train, test, out_tr, out_te, top, mpe_mode,
                                        figures=figures_enabled)
     _, suspects_info = sus.section(
@@ -241,7 +236,7 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     return analysis
 
 
-def alive_members(run: Path, result: EnsembleResult, n: int, log) -> tuple:
+def alive_members(run: Path, result: EnsembleResult, n: int) -> tuple:
     """(alive [M] bool, indices of the alive members); warns about each excluded one."""
     masks = np.asarray(result.masks)
     if masks.shape[1] != n:
@@ -250,7 +245,8 @@ def alive_members(run: Path, result: EnsembleResult, n: int, log) -> tuple:
     for m in np.flatnonzero(~alive):
         why = (f"diverged at step {int(result.diverged_at[m])}" if result.diverged_at[m] >= 0
                else "has no labeled frame in its subset")
-        log(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE and spread")
+        logs.warning(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE "
+                     "and spread")
     members = np.flatnonzero(alive)
     if not members.size:
         raise ValueError(f"{run}: every member diverged; nothing to analyse")
@@ -258,7 +254,7 @@ def alive_members(run: Path, result: EnsembleResult, n: int, log) -> tuple:
 
 
 # ---------------------------------------------------------------------- sections
-def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int, log
+def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int
                 ) -> tuple[dict, dict]:
     """AUM per label and per member; writes aum.csv and aum_members.npz."""
     from ensemble_jax.analysis.threshold import KINDS
@@ -268,7 +264,8 @@ def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int, 
     thr_mask = np.zeros((n, k), bool) if thr is None else thr
     # Frame-level report (analysis/suspects.py). With realistic threshold samples (kinds
     # recorded) its cut is the run's cut, so aum.csv's flags are the suspects' labels.
-    thr_kind = _threshold_kinds(run)
+    z = eio.load_npz(run / "data.npz")    # kinds: int8 [n, K] (threshold.KINDS), or None
+    thr_kind = z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
     kinds = thr_kind if thr_kind is not None else np.where(thr_mask, 4, 0).astype(np.int8)
     if thr_kind is not None:
         frames = sus.frame_report(rep.aum, kinds, noise)
@@ -329,9 +326,9 @@ def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int, 
          "aum": _f(rep.aum[i, j]), "flagged": bool(rep.flagged[i, j]),
          **({"planted_noise": bool(noise[i, j])} if noise is not None else {})}
         for i, j in lowest[:top]]
-    log(f"AUM: cut {rep.cut:.3f} ({rep.rule}); {aum_info['n_flagged']} of "
-        f"{aum_info['n_labels']} labels flagged"
-        + (f"; ROC-AUC vs planted noise {aum_info['roc_auc_vs_planted_noise']:.3f}"
+    logs.info(f"AUM: cut {rep.cut:.3f} ({rep.rule}); {aum_info['n_flagged']} of "
+              f"{aum_info['n_labels']} labels flagged"
+              + (f"; ROC-AUC vs planted noise {aum_info['roc_auc_vs_planted_noise']:.3f}"
            if aum_info.get("roc_auc_vs_planted_noise") is not None else ""))
     return {"rep": rep, "kinds": kinds, "thr_mask": thr_mask, "has_thr": thr is not None,
             "real": real, "lowest": lowest}, aum_info
@@ -354,7 +351,7 @@ def forward_section(result: EnsembleResult, members, train, test, *, batch_size:
 
 
 def influence_section(run: Path, config: dict, result: EnsembleResult, members, train, test,
-                      out_tr: dict, out_te: dict, *, estimator, top: int, log, figures: bool
+                      out_tr: dict, out_te: dict, *, estimator, top: int, figures: bool
                       ) -> tuple[dict, dict]:
     """Influence of training frames on test frames by the estimator valid for the plan,
     p/q-values, LDS on validation members (analysis/attribution.py); writes influence.npz
@@ -371,7 +368,7 @@ def influence_section(run: Path, config: dict, result: EnsembleResult, members, 
         config, np.asarray(result.masks), members, per_frame(out_te, test),
         per_frame(out_tr, train), list(train.frame_ids), list(test.frame_ids),
         estimator=estimator, noise=None if noise is None else noise.any(1), top=top,
-        log=log, figure_path=(run / "lds.png") if figures else None)
+        figure_path=(run / "lds.png") if figures else None)
     eio.save_npz(run / "influence.npz", **arrays)
     return arrays, info
 
