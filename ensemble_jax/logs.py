@@ -72,7 +72,7 @@ class _Sink(logging.Handler):
 @contextlib.contextmanager
 def to(fn: Callable[[str], None] | None) -> Iterator[None]:
     """While inside, every message also goes to `fn` (nothing extra when None)."""
-    if fn is None or any(isinstance(h, _Sink) and h.fn is fn for h in LOGGER.handlers):
+    if fn is None or any(isinstance(h, _Sink) and h.fn == fn for h in LOGGER.handlers):
         yield
         return
     handler = _Sink(fn)
