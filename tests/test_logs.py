@@ -1,12 +1,16 @@
 """ensemble_jax/logs.py: messages reach the CLI's stderr and an entry point's `log=`
 once each, and only process 0's are emitted."""
+import logging
+
 import jax
 
 from ensemble_jax import logs
 
 
-def test_sink_receives_each_message_once_and_only_while_the_call_runs(capsys):
+def test_sink_receives_each_message_once_and_only_while_the_call_runs(capsys, monkeypatch):
     got: list[str] = []
+    # as a library caller who configured nothing (an in-process CLI test may have)
+    monkeypatch.setattr(logs.STDERR, "level", logging.WARNING)
 
     @logs.sink
     def inner():
