@@ -258,7 +258,7 @@ def main() -> None:
             print(f"  N={n:3d} {col:>12}: {row[col]['images_per_s']:8.1f} img/s "
                   f"(rounds: {', '.join(f'{n * args.batch_size / t:.0f}' for t in row[col]['step_s_rounds'])})",
                   flush=True)
-        _, info = trainer.choose_strategy(setup_cores or setup, log=lambda msg: None)
+        _, info = trainer.choose_strategy(setup_cores or setup)
         chosen = info["chosen"]
         if setup_cores is not None:
             col = f"cores/{chosen}"

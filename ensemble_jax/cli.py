@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ensemble-jax sweep: error: {e}", file=sys.stderr)
             return 2
     _enable_compile_cache()
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    from ensemble_jax import logs
+    logs.configure()      # every message to stderr, once (process 0)
+    log = logs.info
     try:
         if args.command == "sweep":
             from ensemble_jax.training.sharding import initialize_distributed
@@ -305,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep, model, train = sweep_configs(args)
             run_sweep(args.out, sweep, model, train, resume=args.resume,
                       overwrite=args.overwrite,
-                      progress=not args.quiet, log=log, devices=args.devices,
+                      progress=not args.quiet, devices=args.devices,
                       members_per_wave=args.members_per_wave,
                       memory_budget=args.memory_budget)
             log(f"wrote {Path(args.out).resolve()}")
         elif args.command == "analyze":
             from ensemble_jax.analysis.analyze import analyze, describe
-            result = analyze(args.run_dir, progress=not args.quiet, log=log,
+            result = analyze(args.run_dir, progress=not args.quiet,
                              estimator=args.estimator, mpe=args.mpe)
             print(describe(result), flush=True)
             log(f"wrote {', '.join(result['files'])} in {Path(args.run_dir).resolve()}")
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             from ensemble_jax.video.predict import predict_sources
             infos = predict_sources(args.run_dir, args.out, videos=args.video or (),
                                     images=args.images or (), batch_size=args.batch_size,
-                                    progress=not args.quiet, log=log)
+                                    progress=not args.quiet)
             for info in infos:
                 print(f"{info['source']['path']}: {info['frames']} frames, "
                       f"{len(info['members'])} members -> "
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                                   project=args.project, out=args.out,
                                   predictions=args.predictions, min_gap=args.min_gap,
                                   batch_size=args.batch_size, seed=args.seed,
-                                  progress=not args.quiet, log=log)
+                                  progress=not args.quiet)
             for r in rows:
                 print(f"{r['image']}: frame {r['frame']}, score {r['score']:.4g} "
                       f"({r['reason']})", flush=True)
@@ -339,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             print(build_report(args.run_dir, title=args.title), flush=True)
         return 0
     except (ValueError, OSError, TypeError) as e:
-        log(f"ensemble-jax {args.command}: error: {flag_words(str(e))}")
+        print(f"ensemble-jax {args.command}: error: {flag_words(str(e))}", file=sys.stderr,
+              flush=True)
         return 2
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from ensemble_jax import logs
 
 # Coordinates further than this many image sizes outside the image are not labels.
 COORD_SLACK = 10.0
@@ -145,8 +147,8 @@ def check_resources(n_members: int, model_cfg: Any, train_cfg: Any, train: Any,
             f"--steps or --members")
 
 
-def members_without_labels(masks: np.ndarray, train: Any, threshold_mask: np.ndarray | None,
-                           log: Callable[[str], None]) -> tuple[list[str], list[int]]:
+def members_without_labels(masks: np.ndarray, train: Any, threshold_mask: np.ndarray | None
+                           ) -> tuple[list[str], list[int]]:
     """Members whose subset holds no labeled keypoint never learn (loss 0): all of them ->
     error; some -> (warnings, member indices) to log, record and exclude downstream."""
     labeled = np.isfinite(np.asarray(train.keypoints)).all(-1)        # [n, K]
@@ -166,11 +168,11 @@ def members_without_labels(masks: np.ndarray, train: Any, threshold_mask: np.nda
            f"(members {empty[:10]}{' ...' if len(empty) > 10 else ''}); they cannot learn "
            f"and are excluded from the ensemble, the errors and the analysis; raise "
            f"--fraction or label more frames")
-    log(f"warning: {msg}")
+    logs.warning(f"warning: {msg}")
     return [msg], empty
 
 
-def devices_for(n_members: int, devices: int | None, log: Callable[[str], None]) -> int | None:
+def devices_for(n_members: int, devices: int | None) -> int | None:
     """Devices per process to use: never more than there are members per process (a device
     without a member of its own would train padded copies)."""
     import jax
@@ -182,7 +184,7 @@ def devices_for(n_members: int, devices: int | None, log: Callable[[str], None])
                              f"member(s) each process trains; use at most {per_process}")
         return devices
     if local > per_process:
-        log(f"{n_members} member(s): using {per_process} of the {local} devices (one "
-            f"member each)")
+        logs.info(f"{n_members} member(s): using {per_process} of the {local} devices (one "
+                  f"member each)")
         return per_process
     return None

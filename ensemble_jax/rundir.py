@@ -33,12 +33,13 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from ensemble_jax import io as eio
 from ensemble_jax import runlock
+from ensemble_jax import logs
 
 MANIFEST = "ensemble-jax-run.json"
 MANIFEST_FORMAT = 1
@@ -585,7 +586,7 @@ class RunDir:
         self.forget(name)
 
 
-def move_aside(path: Path, log: Callable[[str], None] = print) -> Path:
+def move_aside(path: Path) -> Path:
     """Renames the run directory `path` to `<path>.old-<UTC time>` in one step (holding its
     lock, so a live sweep or analyze there is not moved). Returns the new path."""
     path = Path(path).resolve()
@@ -595,14 +596,14 @@ def move_aside(path: Path, log: Callable[[str], None] = print) -> Path:
     while aside.exists():
         k += 1
         aside = path.with_name(f"{path.name}.old-{stamp}-{k}")
-    lock = runlock.acquire(path, "sweep --overwrite", warn=log)
+    lock = runlock.acquire(path, "sweep --overwrite")
     try:
         os.rename(path, aside)
     except OSError:
         runlock.release(lock)
         raise
     runlock.release(aside / runlock.LOCK_NAME)
-    log(f"{path}: moved the previous run aside to {aside} (--overwrite)")
+    logs.info(f"{path}: moved the previous run aside to {aside} (--overwrite)")
     return aside
 
 

@@ -21,6 +21,8 @@ import os
 import socket
 import tempfile
 import time
+
+from ensemble_jax import logs
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -100,7 +102,7 @@ def _describe(info: dict) -> str:
 
 
 def acquire(run_dir: str | os.PathLike, command: str,
-            warn: Callable[[str], None] = print) -> Path:
+            warn: Callable[[str], None] = logs.warning) -> Path:
     """Takes `run_dir/.lock` for this process; raises `RunLockedError` if a live process
     holds it. Returns the lock's path (pass it to `release`)."""
     run = Path(run_dir)
@@ -160,7 +162,7 @@ def release(path: Path) -> None:
 
 @contextlib.contextmanager
 def locked(run_dir: str | os.PathLike, command: str,
-           warn: Callable[[str], None] = print) -> Iterator[Path]:
+           warn: Callable[[str], None] = logs.warning) -> Iterator[Path]:
     """`with locked(run_dir, 'sweep'):` holds `run_dir/.lock` for the block."""
     path = acquire(run_dir, command, warn)
     try:

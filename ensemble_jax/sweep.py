@@ -22,7 +22,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult, consensus
 from ensemble_jax.training import sharding, waves
 from ensemble_jax.training.trainer import EnsembleTrainer
+from ensemble_jax import logs
 
 FORMAT_VERSION = 1
 PLANS = ("nested", "random", "bootstrap", "kfold", "loo", "banzhaf")
@@ -165,10 +166,10 @@ def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
     return masks, layout
 
 
+@logs.sink
 def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
               train_cfg: TrainConfig, *, dataset: KeypointDataset | None = None,
               resume: bool = False, overwrite: bool = False, progress: bool = True,
-              log: Callable[[str], None] = print,
               lr_scale: Sequence[float] | None = None, devices: int | None = None,
               members_per_wave: int | None = None,
               memory_budget: int | None = None) -> dict:
@@ -199,25 +200,25 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
     out = Path(out_dir)
     primary = sharding.is_primary()
     if not primary:   # other processes train their members; process 0 alone writes and logs
-        log, progress = (lambda msg: None), False
+        progress = False
     if primary:       # cheap refusals first, before loading anything
         _check_target(out, rundir.state(out), resume=resume, overwrite=overwrite)
     scale = {"devices": devices, "members_per_wave": members_per_wave,
              "memory_budget": memory_budget}
     prep = prepare(cfg, model_cfg, train_cfg, dataset=dataset, lr_scale=lr_scale,
-                   scale=scale, log=log)
+                   scale=scale)
     if not primary:   # process 0 checks and writes; the others wait for it
         sharding.barrier("ensemble_jax.sweep.setup")
         return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
-                                progress=progress, log=log)
+                                progress=progress)
     if overwrite and rundir.state(out) == "ours":
-        rundir.move_aside(out, log=log)
+        rundir.move_aside(out)
     out.mkdir(parents=True, exist_ok=True)
-    with runlock.locked(out, "sweep", warn=log):
-        rd = _open_for_sweep(out, prep, resume=resume, overwrite=overwrite, log=log)
+    with runlock.locked(out, "sweep"):
+        rd = _open_for_sweep(out, prep, resume=resume, overwrite=overwrite)
         sharding.barrier("ensemble_jax.sweep.setup")
         return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
-                                progress=progress, log=log, rd=rd)
+                                progress=progress, rd=rd)
 
 
 @dataclasses.dataclass
@@ -262,7 +263,7 @@ def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> No
 
 def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             dataset: KeypointDataset | None = None, lr_scale: Sequence[float] | None = None,
-            scale: dict | None = None, log: Callable[[str], None] = print) -> Prepared:
+            scale: dict | None = None) -> Prepared:
     """Loads and checks the data, the plan and the resources (`guards`); writes nothing."""
     from ensemble_jax import guards
     t0 = time.perf_counter()
@@ -283,8 +284,8 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     if model_cfg.init_weights:
         from ensemble_jax.models.pretrained import load_encoder
         load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
-    log(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
-        f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    logs.info(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
+              f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
     model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train,
                                               chosen.append)
@@ -295,9 +296,9 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     n_members = guards.planned_members(cfg, train.n_frames)
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
     for line in chosen:
-        log(line)
+        logs.info(line)
     masks, layout = make_plan(cfg, train.n_frames)
-    warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask, log)
+    warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
               "members": int(masks.shape[0]), "layout": layout}
@@ -309,7 +310,7 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
             raise ValueError(f"lr_scale: expected {masks.shape[0]} values (one per member), "
                              f"got shape {lr_scale.shape}")
         config["lr_scale"] = lr_scale.tolist()
-    scale["devices"] = guards.devices_for(masks.shape[0], scale.get("devices"), log)
+    scale["devices"] = guards.devices_for(masks.shape[0], scale.get("devices"))
     mesh, plan = scale_out_plan(masks.shape[0], model_cfg, train_cfg, train, **scale)
     return Prepared(train=train, test=test, threshold_mask=threshold_mask, masks=masks,
                     layout=layout, config=config,
@@ -318,8 +319,8 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                     model_cfg=model_cfg, train_cfg=train_cfg)
 
 
-def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
-                    log: Callable[[str], None]) -> "rundir.RunDir":
+def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool
+                    ) -> "rundir.RunDir":
     """Under the lock: decides whether this sweep may write `out` (raising if not), writes
     the manifest first when the directory is new, then config, plan and data."""
     state = rundir.state(out)
@@ -340,7 +341,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool,
                 rundir.check_data(out, manifest, prep.train, prep.test, "resume")
             rundir.verify_files(out, ("config.json", "subsets.npy", "data.npz"), manifest)
             if not has_ckpt:
-                log(f"{out}: no checkpoint yet; the interrupted sweep starts again at step 0")
+                logs.info(f"{out}: no checkpoint yet; the interrupted sweep starts again at step 0")
         else:
             same_data = manifest.get("data") == prep.fingerprint
             if has_ckpt and old is not None and not diff and same_data:
@@ -384,16 +385,16 @@ def _read_config(path: Path) -> dict | None:
 
 def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
                      train_cfg: TrainConfig, *, resume: bool, progress: bool,
-                     log: Callable[[str], None], rd: "rundir.RunDir | None" = None) -> dict:
+                     rd: "rundir.RunDir | None" = None) -> dict:
     primary = rd is not None
     masks, train, test = prep.masks, prep.train, prep.test
-    log(f"plan: {prep.config['sweep']['plan']}, {masks.shape[0]} members, subset sizes "
-        f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
+    logs.info(f"plan: {prep.config['sweep']['plan']}, {masks.shape[0]} members, subset sizes "
+              f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
     trainer = EnsembleTrainer(model_cfg, train_cfg)
-    log(prep.plan.describe())
+    logs.info(prep.plan.describe())
     result = waves.fit_waves(trainer, train, masks, prep.plan,
                              checkpoint_dir=out / "checkpoints", resume=resume,
-                             progress=progress, log=log, lr_scale=prep.lr_scale,
+                             progress=progress, lr_scale=prep.lr_scale,
                              mesh=prep.mesh)
     if prep.unlabeled_members:       # never learned anything: excluded like diverged ones
         alive = np.asarray(result.alive, bool).copy()
@@ -421,7 +422,7 @@ def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
                                    f"excluded (diverged_members)")
     summary["wall_s"] = time.perf_counter() - prep.t0
     rd.write_json("summary.json", summary)
-    log(_describe(summary))
+    logs.info(_describe(summary))
     sharding.barrier("ensemble_jax.sweep.done")
     if not np.asarray(result.alive, bool).any():
         first = min((d["step"] for d in summary["diverged_members"]), default=-1)

@@ -23,6 +23,7 @@ import pytest
 
 import numpy_twins as T
 from child_env import child_env
+from ensemble_jax import logs as ej_logs
 from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import backend, determinism, errors, strategies, waves
@@ -251,10 +252,9 @@ def test_restore_that_is_not_damage_deletes_nothing(tmp_path, monkeypatch, exc, 
         return original(self, step, like)
     monkeypatch.setattr(Checkpointer, "restore", restore)
     logs = []
-    c.log = logs.append
     with pytest.raises(CheckpointRestoreError,
                        match=rf"restoring checkpoint step 2 .*{kind} .*no checkpoint was "
-                             rf"deleted") as e:
+                             rf"deleted") as e, ej_logs.to(logs.append):
         c.restore_latest(TREE)
     assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
     assert sorted(c.manager.all_steps()) == [1, 2]
@@ -271,8 +271,8 @@ def test_restore_of_damaged_files_falls_back_and_deletes_them(tmp_path):
     for f in data_files:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     logs = []
-    c.log = logs.append
-    step, tree = c.restore_latest(TREE)
+    with ej_logs.to(logs.append):
+        step, tree = c.restore_latest(TREE)
     assert step == 1
     np.testing.assert_array_equal(tree["a"], TREE["a"])
     assert sorted(c.manager.all_steps()) == [1]

@@ -53,7 +53,7 @@ import csv
 import io
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -63,8 +63,11 @@ from ensemble_jax import rundir
 from ensemble_jax import kernels
 from ensemble_jax.analysis import aum as aum_lib
 from ensemble_jax.analysis import figures, metrics
+from ensemble_jax.analysis import suspects as sus
+from ensemble_jax.analysis import uncertainty as unc
 from ensemble_jax.models.forward import members_over_frames
-from ensemble_jax.training.result import EnsembleResult, consensus
+from ensemble_jax.training.result import EnsembleResult
+from ensemble_jax import logs
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
 METRIC_UNITS = {"pixel_error": "px (original image)", "gt_confidence": "probability",
@@ -76,6 +79,10 @@ MPE_MODES = {"softmax": ("logits", -np.inf, "softmax"), "sum": ("sigmoid", 0.1, 
 MPE_THRESHOLD = 0.1       # the "sum" form's peak threshold (sigmoid scale)
 MPE_NORMALIZE = "softmax"
 TOP = 10
+FILES = ("aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz",
+         "suspects.csv", "suspects.png", "aum_by_kind.png", "uncertainty_vs_error.png",
+         "influence_matrix.png", "lds.png", "aum_histogram.png", "top_mpe_frames.png",
+         "top_flagged_frames.png")      # in analysis.json's order; figures when written
 
 
 # ----------------------------------------------------------------- forward pass
@@ -145,13 +152,6 @@ def _top_frames(score, ids, n, largest: bool, extra: dict | None = None) -> list
     return out
 
 
-def _threshold_kinds(run: Path) -> np.ndarray | None:
-    """int8 [n, K] kinds of the realistic threshold samples (threshold.KINDS), None for
-    runs that recorded none."""
-    z = eio.load_npz(run / "data.npz")
-    return z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
-
-
 def _largest_tie_share(x: np.ndarray) -> float:
     """The share of the finite entries that the most common single value takes."""
     x = np.asarray(x)[np.isfinite(x)]
@@ -161,8 +161,9 @@ def _largest_tie_share(x: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------- analyze
+@logs.sink
 def analyze(run_dir: str | Path, *, progress: bool = True,
-            log: Callable[[str], None] = print, batch_size: int = 64, top: int = TOP,
+            batch_size: int = 64, top: int = TOP,
             figures_enabled: bool = True, estimator: str | None = None,
             mpe: str = MPE_NORMALIZE) -> dict:
     """Analyses a run directory (see the module docstring); returns analysis.json's dict.
@@ -181,7 +182,7 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
                                 f"finished (summary.json is missing); finish it with "
                                 f"`ensemble-jax sweep --resume` first")
     rundir.read_manifest(run)        # not ours (no manifest): refused before any lock file
-    with runlock.locked(run, "analyze", warn=log):
+    with runlock.locked(run, "analyze"):
         # parameters, data and settings must be the ones this run's sweep wrote
         rundir.verify_files(run, rundir.ANALYZE_INPUTS)
         from ensemble_jax.analysis.attribution import check_estimator, plan_of
@@ -192,21 +193,51 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
         eio.remove_temporaries(run)
         if mpe not in MPE_MODES:
             raise ValueError(f"mpe={mpe!r}: choose one of {sorted(MPE_MODES)}")
-        return _analyze_locked(run, progress=progress, log=log, batch_size=batch_size,
+        return _analyze_locked(run, progress=progress, batch_size=batch_size,
                                top=top, figures_enabled=figures_enabled, estimator=estimator,
                                mpe_mode=mpe)
 
 
-def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
-                    batch_size: int, top: int, figures_enabled: bool,
-                    estimator: str | None = None, mpe_mode: str = MPE_NORMALIZE) -> dict:
-    from ensemble_jax.analysis import suspects as sus
-    from ensemble_jax.analysis import uncertainty as unc
-    from ensemble_jax.analysis.threshold import KINDS
+def _analyze_locked(run: Path, *, progress: bool, batch_size: int, top: int,
+                    figures_enabled: bool, estimator: str | None = None,
+                    mpe_mode: str = MPE_NORMALIZE) -> dict:
+    """The driver: each section returns its arrays and its analysis.json summary."""
     t0 = time.perf_counter()
     loaded = rundir.load(run)
-    train, test, thr, result = loaded.train, loaded.test, loaded.threshold_mask, loaded.result
-    n, k = train.n_frames, train.n_keypoints
+    train, test, result = loaded.train, loaded.test, loaded.result
+    alive, members = alive_members(run, result, train.n_frames)
+    a_aum, aum_info = aum_section(run, train, result, loaded.threshold_mask, alive, top)
+    out_tr, out_te = forward_section(result, members, train, test, batch_size=batch_size,
+                                     progress=progress, mpe_mode=mpe_mode)
+    a_inf, influence_info = influence_section(run, loaded.config, result, members, train,
+                                              test, out_tr, out_te, estimator=estimator,
+                                              top=top, figures=figures_enabled)
+    a_unc, infos = uncertainty_section(run, train, test, out_tr, out_te, top, mpe_mode,
+                                       figures=figures_enabled)
+    _, suspects_info = sus.section(
+        run, train, np.asarray(result.masks)[members], out_tr["keypoints"],
+        a_aum["rep"].aum, a_aum["kinds"], a_aum["rep"].cut, top, figures=figures_enabled)
+    if figures_enabled:
+        figures_section(run, train, test, members, a_aum, a_inf, a_unc, out_tr, out_te,
+                        infos["mpe"])
+    written = [p for p in FILES if figures_enabled or not p.endswith(".png")]
+    written = [p for p in written if p.endswith((".csv", ".npz")) or (run / p).exists()]
+    analysis = {
+        "run_dir": str(run.resolve()), "members": result.n_members,
+        "alive_members": members.tolist(),
+        "diverged_members": np.flatnonzero(~alive).tolist(),
+        "n_train": train.n_frames, "n_test": test.n_frames, "bodyparts": list(train.bodyparts),
+        "aum": aum_info, "influence": influence_info,
+        **{key: infos[key] for key in ("mpe", "spread", "representativeness")},
+        "suspects": suspects_info, "uncertainty_vs_error": infos["uncertainty_vs_error"],
+        "files": written + ["analysis.json"], "wall_s": time.perf_counter() - t0,
+    }
+    eio.write_json(run / "analysis.json", analysis)
+    return analysis
+
+
+def alive_members(run: Path, result: EnsembleResult, n: int) -> tuple:
+    """(alive [M] bool, indices of the alive members); warns about each excluded one."""
     masks = np.asarray(result.masks)
     if masks.shape[1] != n:
         raise ValueError(f"{run}: subsets.npy has {masks.shape[1]} frames, data.npz {n}")
@@ -214,38 +245,43 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     for m in np.flatnonzero(~alive):
         why = (f"diverged at step {int(result.diverged_at[m])}" if result.diverged_at[m] >= 0
                else "has no labeled frame in its subset")
-        log(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE and spread")
+        logs.warning(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE "
+                     "and spread")
     members = np.flatnonzero(alive)
     if not members.size:
         raise ValueError(f"{run}: every member diverged; nothing to analyse")
-    noise = train.noise_mask
+    return alive, members
 
-    # ---------------- AUM
+
+# ---------------------------------------------------------------------- sections
+def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int
+                ) -> tuple[dict, dict]:
+    """AUM per label and per member; writes aum.csv and aum_members.npz."""
+    from ensemble_jax.analysis.threshold import KINDS
+    n, k, noise = train.n_frames, train.n_keypoints, train.noise_mask
     rep = aum_lib.aum_report(result.aum_sum, result.aum_count, alive, thr)
     labeled = train.labeled
     thr_mask = np.zeros((n, k), bool) if thr is None else thr
     # Frame-level report (analysis/suspects.py). With realistic threshold samples (kinds
     # recorded) its cut is the run's cut, so aum.csv's flags are the suspects' labels.
-    thr_kind = _threshold_kinds(run)
-    frames = sus.frame_report(rep.aum, thr_kind if thr_kind is not None else
-                              np.where(thr_mask, 4, 0).astype(np.int8), noise)
+    z = eio.load_npz(run / "data.npz")    # kinds: int8 [n, K] (threshold.KINDS), or None
+    thr_kind = z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
+    kinds = thr_kind if thr_kind is not None else np.where(thr_mask, 4, 0).astype(np.int8)
     if thr_kind is not None:
+        frames = sus.frame_report(rep.aum, kinds, noise)
         rep.cut, rep.rule = frames["cut"].cut, frames["cut"].rule
         with np.errstate(invalid="ignore"):
             rep.flagged = np.isfinite(rep.aum) & (rep.aum < rep.cut)
     rows = []
-    for i in range(n):
-        for j in range(k):
-            if not labeled[i, j]:
-                continue
-            row = [train.frame_ids[i], train.bodyparts[j], float(rep.aum[i, j]),
-                   int(rep.n_members[i, j]), int(rep.flagged[i, j]),
-                   int(rep.n_members_flagged[i, j]), int(thr_mask[i, j])]
-            if thr_kind is not None:
-                row.append(KINDS.get(int(thr_kind[i, j]), ""))
-            if noise is not None:
-                row.append(int(noise[i, j]))
-            rows.append(row)
+    for i, j in np.argwhere(labeled):
+        row = [train.frame_ids[i], train.bodyparts[j], float(rep.aum[i, j]),
+               int(rep.n_members[i, j]), int(rep.flagged[i, j]),
+               int(rep.n_members_flagged[i, j]), int(thr_mask[i, j])]
+        if thr_kind is not None:
+            row.append(KINDS.get(int(thr_kind[i, j]), ""))
+        if noise is not None:
+            row.append(int(noise[i, j]))
+        rows.append(row)
     header = ["frame", "keypoint", "aum", "n_members", "flagged", "n_members_flagged",
               "threshold_sample"] + (["threshold_kind"] if thr_kind is not None else []) \
         + (["planted_noise"] if noise is not None else [])
@@ -284,49 +320,64 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
         per_member.append(entry)
     aum_info["members"] = per_member
     cand = np.argwhere(real & np.isfinite(rep.aum))
-    order = np.argsort(rep.aum[cand[:, 0], cand[:, 1]], kind="stable")
+    lowest = cand[np.argsort(rep.aum[cand[:, 0], cand[:, 1]], kind="stable")]
     aum_info["top_flagged"] = [
         {"frame": train.frame_ids[i], "keypoint": train.bodyparts[j],
          "aum": _f(rep.aum[i, j]), "flagged": bool(rep.flagged[i, j]),
          **({"planted_noise": bool(noise[i, j])} if noise is not None else {})}
-        for i, j in cand[order[:top]]]
-    log(f"AUM: cut {rep.cut:.3f} ({rep.rule}); {aum_info['n_flagged']} of "
-        f"{aum_info['n_labels']} labels flagged"
-        + (f"; ROC-AUC vs planted noise {aum_info['roc_auc_vs_planted_noise']:.3f}"
+        for i, j in lowest[:top]]
+    logs.info(f"AUM: cut {rep.cut:.3f} ({rep.rule}); {aum_info['n_flagged']} of "
+              f"{aum_info['n_labels']} labels flagged"
+              + (f"; ROC-AUC vs planted noise {aum_info['roc_auc_vs_planted_noise']:.3f}"
            if aum_info.get("roc_auc_vs_planted_noise") is not None else ""))
+    return {"rep": rep, "kinds": kinds, "thr_mask": thr_mask, "has_thr": thr is not None,
+            "real": real, "lowest": lowest}, aum_info
 
-    # ---------------- forward passes of the alive members
+
+def forward_section(result: EnsembleResult, members, train, test, *, batch_size: int,
+                    progress: bool, mpe_mode: str) -> tuple[dict, dict]:
+    """One forward pass of the alive members over the training and the test frames."""
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=2 * members.size, unit="member-pass", desc="analysing members",
                    dynamic_ncols=True)
-    out_tr = member_outputs(result, members, train.images, train.keypoints,
-                            batch_size=batch_size, bar=bar, mpe=mpe_mode)
-    out_te = member_outputs(result, members, test.images, test.keypoints,
-                            batch_size=batch_size, bar=bar, mpe=mpe_mode)
+    outs = tuple(member_outputs(result, members, ds.images, ds.keypoints,
+                                batch_size=batch_size, bar=bar, mpe=mpe_mode)
+                 for ds in (train, test))
     if bar is not None:
         bar.close()
+    return outs
 
-    # ---------------- influence
+
+def influence_section(run: Path, config: dict, result: EnsembleResult, members, train, test,
+                      out_tr: dict, out_te: dict, *, estimator, top: int, figures: bool
+                      ) -> tuple[dict, dict]:
+    """Influence of training frames on test frames by the estimator valid for the plan,
+    p/q-values, LDS on validation members (analysis/attribution.py); writes influence.npz
+    (and lds.png)."""
+    from ensemble_jax.analysis import attribution
+
     def per_frame(out, ds):
         err = metrics.pixel_errors(ds.to_original(out["keypoints"]), ds.original_keypoints())
         return {"pixel_error": _frame_mean(err),
                 "gt_confidence": _frame_mean(out["gt_confidence"]),
                 "gt_probability": _frame_mean(out["gt_probability"])}
-    v_tr, v_te = per_frame(out_tr, train), per_frame(out_te, test)
-    # The estimator valid for the plan, p/q-values, LDS on validation members
-    # (analysis/attribution.py); validation members are left out of every estimate.
-    from ensemble_jax.analysis import attribution
-    ids_tr, ids_te = list(train.frame_ids), list(test.frame_ids)
-    arrays, influence_info = attribution.attribution_section(
-        loaded.config, masks, members, v_te, v_tr, ids_tr, ids_te, estimator=estimator,
-        noise=None if noise is None else noise.any(1), top=top, log=log,
-        figure_path=(run / "lds.png") if figures_enabled else None)
+    noise = train.noise_mask
+    arrays, info = attribution.attribution_section(
+        config, np.asarray(result.masks), members, per_frame(out_te, test),
+        per_frame(out_tr, train), list(train.frame_ids), list(test.frame_ids),
+        estimator=estimator, noise=None if noise is None else noise.any(1), top=top,
+        figure_path=(run / "lds.png") if figures else None)
     eio.save_npz(run / "influence.npz", **arrays)
-    eff = arrays.get("pixel_error_effect")
+    return arrays, info
 
-    # ---------------- MPE, spread, representativeness
+
+def uncertainty_section(run: Path, train, test, out_tr: dict, out_te: dict, top: int,
+                        mpe_mode: str, figures: bool) -> tuple[dict, dict]:
+    """MPE, ensemble spread, representativeness and how they follow the ensemble's test
+    error (analysis/uncertainty.py); writes mpe.csv and spread.csv."""
+    n = train.n_frames
     mpe = np.concatenate([out_tr["mpe"], out_te["mpe"]], axis=1)            # [Ma, F, K]
     mpe_kp = _frame_mean(np.moveaxis(mpe, 0, -1))                              # [F, K]
     mpe_max = np.asarray(kernels.frame_mpe(jnp.asarray(mpe_kp), reduce="max"))
@@ -341,7 +392,7 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
     kp_orig = np.concatenate([train.to_original(out_tr["keypoints"]),
                               test.to_original(out_te["keypoints"])], axis=1)
     spread = np.asarray(kernels.ensemble_spread(jnp.asarray(kp_orig, jnp.float32)))  # [F, K]
-    ids_all = ids_tr + ids_te
+    ids_all = list(train.frame_ids) + list(test.frame_ids)
     split = ["train"] * n + ["test"] * test.n_frames
     bps = list(train.bodyparts)
     _write_csv(run / "mpe.csv", ["frame_id", "split"] + bps + ["mpe_max", "mpe_mean",
@@ -381,112 +432,56 @@ def _analyze_locked(run: Path, *, progress: bool, log: Callable[[str], None],
                       "(itself excluded), mean over alive members",
         "least_representative_test_frames": _top_frames(
             np.where(is_test, represent, np.nan), ids_all, top, largest=False)}
+    te = slice(n, None)        # uncertainty vs the ensemble's test error
+    t_err, unc_info = unc.section(run, test, out_te, {
+        "mpe_mean": mpe_mean[te], "mpe_max": mpe_max[te], "spread_mean": spread_mean[te],
+        "spread_max": spread_max[te], "unrepresentativeness": -represent[te]}, figures)
+    arrays = {"mpe_max": mpe_max, "test_error": t_err, "ids": ids_all, "split": split}
+    return arrays, {"mpe": mpe_info, "spread": spread_info,
+                    "representativeness": represent_info, "uncertainty_vs_error": unc_info}
 
-    # ---------------- uncertainty vs the ensemble's test error (analysis/uncertainty.py)
-    t_cons = consensus(out_te["keypoints"], out_te["confidences"])
-    t_lab = test.original_keypoints()
-    if test.noise_mask is not None:   # a label known to be wrong measures no model error
-        t_lab = np.where(np.asarray(test.noise_mask, bool)[..., None], np.nan, t_lab)
-    t_err = unc.frame_error(test.to_original(t_cons), t_lab)
-    te = slice(n, None)
-    unc_info = unc.uncertainty_vs_error(
-        {"mpe_mean": mpe_mean[te], "mpe_max": mpe_max[te], "spread_mean": spread_mean[te],
-         "spread_max": spread_max[te], "unrepresentativeness": -represent[te]}, t_err)
-    unc_info["error"] = ("ensemble consensus error per test frame, mean over labeled "
-                         "keypoints, px (original image)" + (
-                             "; labels marked as planted noise left out"
-                             if test.noise_mask is not None else ""))
 
-    # ---------------- suspects (analysis/suspects.py)
-    pred_tr = sus.oob_prediction(out_tr["keypoints"], masks[members])      # training px
-    frames = sus.frame_report(rep.aum, thr_kind if thr_kind is not None else np.where(
-        thr_mask, 4, 0).astype(np.int8), noise, labels=train.keypoints, prediction=pred_tr)
-    kinds = sus.swap_aware_kind(train.keypoints, pred_tr, frames["terms"])
-    corrections = np.stack([kd["correction"] for kd in kinds]) if kinds else \
-        np.zeros((0, k, 2))
-    sus_rows = sus.write_suspects(
-        run / "suspects.csv", list(train.frame_ids), bps, frames["score"], frames["flagged"],
-        frames["probe_kind"], [dict(kd, correction=c) for kd, c in
-                               zip(kinds, train.to_original(corrections))],
-        train.original_keypoints(), rep.aum, noise, frames["frame_aum"], frames["terms"])
-    suspects_info = dict(frames["summary"])
-    suspects_info["prediction"] = ("median over the alive members that did not train on "
-                                   "the frame (all alive members if every one did)")
-    suspects_info["top"] = sus_rows[:top]
-
-    # ---------------- figures
-    written = ["aum.csv", "aum_members.npz", "mpe.csv", "spread.csv", "influence.npz",
-               "suspects.csv"]
-    if figures_enabled:
-        sus.gallery(run / "suspects.png", train.images, train.keypoints, pred_tr,
-                    list(corrections), sus_rows,
-                    {f: i for i, f in enumerate(train.frame_ids)}, bps)
-        sus.aum_by_kind(run / "aum_by_kind.png", np.where(labeled, rep.aum, np.nan),
-                        thr_kind if thr_kind is not None else np.where(thr_mask, 4, 0),
-                        noise, rep.cut)
-        unc.scatter(run / "uncertainty_vs_error.png", {
-            "MPE (mean over keypoints, nats)": mpe_mean[te],
-            "ensemble spread (mean, px)": spread_mean[te],
-            "1 - representativeness": 1 - represent[te]}, t_err, unc_info)
-        written += [p for p in ("suspects.png", "aum_by_kind.png", "uncertainty_vs_error.png")
-                    if (run / p).exists()]
-    if figures_enabled:
-        if eff is not None:
-            figures.influence_matrix(run / "influence_matrix.png", eff,
-                                     units="px", metric="mean pixel error")
-        figures.aum_histogram(run / "aum_histogram.png", np.where(labeled, rep.aum, np.nan),
-                              rep.cut, rep.rule, threshold_mask=thr_mask if thr is not None
-                              else None, noise_mask=noise)
-        kp_all = np.concatenate([out_tr["keypoints"], out_te["keypoints"]], axis=1)
-        images_all = np.concatenate([train.images, test.images])
-        labels_all = np.concatenate([train.keypoints, test.keypoints])
-        sel = [r["index"] for r in mpe_info["top_frames"][:8]]
-        if sel:
-            figures.frame_grid(
-                run / "top_mpe_frames.png", images_all[sel], labels_all[sel], kp_all[:, sel],
-                [f"{split[f]} {ids_all[f].split('/')[-1]}\nMPE max {mpe_max[f]:.2f} nats"
-                 for f in sel], bps,
-                title="Frames with the highest multi-peak entropy (worst keypoint, "
-                      f"mean over {members.size} members)")
-        frames_sel: list[int] = []
-        for i, _ in cand[order]:
-            if int(i) not in frames_sel:
-                frames_sel.append(int(i))
-            if len(frames_sel) == 8:
-                break
-        if frames_sel:
-            any_flag = bool((rep.flagged & real).any())
-            hl = (rep.flagged & real)[frames_sel]
-            titles = []
-            for i in frames_sel:
-                a = np.where(real[i], rep.aum[i], np.nan)
-                j = int(np.nanargmin(a))
-                tag = " (planted noise)" if noise is not None and noise[i, j] else ""
-                titles.append(f"{train.frame_ids[i].split('/')[-1]}\n{bps[j]}: AUM "
-                              f"{rep.aum[i, j]:.2f}{tag}")
-            figures.frame_grid(
-                run / "top_flagged_frames.png", train.images[frames_sel],
-                train.keypoints[frames_sel], out_tr["keypoints"][:, frames_sel], titles, bps,
-                title=("Training frames with the lowest-AUM labels (flagged: circled red)"
-                       if any_flag else "Training frames with the lowest-AUM labels "
-                       "(none below the cut)"),
-                highlight=hl, highlight_name=f"flagged (AUM < {rep.cut:.2f})")
-        written += [p for p in ("influence_matrix.png", "lds.png", "aum_histogram.png",
-                                "top_mpe_frames.png", "top_flagged_frames.png")
-                    if (run / p).exists()]
-
-    analysis = {
-        "run_dir": str(run.resolve()), "members": result.n_members,
-        "alive_members": members.tolist(),
-        "diverged_members": np.flatnonzero(~alive).tolist(),
-        "n_train": n, "n_test": test.n_frames, "bodyparts": bps,
-        "aum": aum_info, "influence": influence_info, "mpe": mpe_info, "spread": spread_info,
-        "representativeness": represent_info,
-        "suspects": suspects_info, "uncertainty_vs_error": unc_info,
-        "files": written + ["analysis.json"], "wall_s": time.perf_counter() - t0,
-    }
-    eio.write_json(run / "analysis.json", analysis)
-    return analysis
+def figures_section(run: Path, train, test, members, a_aum: dict, a_inf: dict, a_unc: dict,
+                    out_tr: dict, out_te: dict, mpe_info: dict) -> None:
+    """The influence, AUM and frame figures (the label-check and uncertainty sections
+    draw their own)."""
+    rep, real, noise, labeled = a_aum["rep"], a_aum["real"], train.noise_mask, train.labeled
+    bps, split, ids_all = list(train.bodyparts), a_unc["split"], a_unc["ids"]
+    if a_inf.get("pixel_error_effect") is not None:
+        figures.influence_matrix(run / "influence_matrix.png", a_inf["pixel_error_effect"],
+                                 units="px", metric="mean pixel error")
+    figures.aum_histogram(run / "aum_histogram.png", np.where(labeled, rep.aum, np.nan),
+                          rep.cut, rep.rule, threshold_mask=a_aum["thr_mask"]
+                          if a_aum["has_thr"] else None, noise_mask=noise)
+    kp_all = np.concatenate([out_tr["keypoints"], out_te["keypoints"]], axis=1)
+    images_all = np.concatenate([train.images, test.images])
+    labels_all = np.concatenate([train.keypoints, test.keypoints])
+    sel = [r["index"] for r in mpe_info["top_frames"][:8]]
+    mpe_max = a_unc["mpe_max"]
+    if sel:
+        figures.frame_grid(
+            run / "top_mpe_frames.png", images_all[sel], labels_all[sel], kp_all[:, sel],
+            [f"{split[f]} {ids_all[f].split('/')[-1]}\nMPE max {mpe_max[f]:.2f} nats"
+             for f in sel], bps,
+            title="Frames with the highest multi-peak entropy (worst keypoint, "
+                  f"mean over {members.size} members)")
+    frames_sel = list(dict.fromkeys(int(i) for i, _ in a_aum["lowest"]))[:8]
+    if frames_sel:
+        any_flag = bool((rep.flagged & real).any())
+        titles = []
+        for i in frames_sel:
+            j = int(np.nanargmin(np.where(real[i], rep.aum[i], np.nan)))
+            tag = " (planted noise)" if noise is not None and noise[i, j] else ""
+            titles.append(f"{train.frame_ids[i].split('/')[-1]}\n{bps[j]}: AUM "
+                          f"{rep.aum[i, j]:.2f}{tag}")
+        figures.frame_grid(
+            run / "top_flagged_frames.png", train.images[frames_sel],
+            train.keypoints[frames_sel], out_tr["keypoints"][:, frames_sel], titles, bps,
+            title=("Training frames with the lowest-AUM labels (flagged: circled red)"
+                   if any_flag else "Training frames with the lowest-AUM labels "
+                   "(none below the cut)"),
+            highlight=(rep.flagged & real)[frames_sel],
+            highlight_name=f"flagged (AUM < {rep.cut:.2f})")
 
 
 def describe(analysis: dict, n: int = 3) -> str:

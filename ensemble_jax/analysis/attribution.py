@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ensemble_jax import kernels
+from ensemble_jax import logs
 
 METRICS = ("pixel_error", "gt_confidence", "gt_probability")
 UNITS = {"pixel_error": "px", "gt_confidence": "probability", "gt_probability": "probability"}
@@ -208,10 +209,11 @@ def _inclusion_pq(masks: np.ndarray, strata: np.ndarray, n_strata: int) -> float
 
 
 # ---------------------------------------------------------------------------- section
+@logs.sink
 def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
                         v_te: dict, v_tr: dict, train_ids: list, test_ids: list, *,
                         estimator: str | None = None, noise: np.ndarray | None = None,
-                        top: int = 10, log: Callable[[str], None] = print,
+                        top: int = 10,
                         figure_path: Path | None = None) -> tuple[dict, dict]:
     """The influence part of `analyze`.
 
@@ -255,7 +257,7 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
         info["note"] = (f"plan {plan!r}: no per-frame estimator is valid (a frame is always "
                         f"left out with its whole fold); nothing estimated. Sweep with --plan "
                         f"random, banzhaf, bootstrap or nested.")
-        log(f"influence: {info['note']}")
+        logs.info(f"influence: {info['note']}")
         for name in METRICS:
             arrays[f"{name}_values"] = v_te[name][e_idx]
         return arrays, info
@@ -400,12 +402,12 @@ def attribution_section(config: dict, masks: np.ndarray, members: np.ndarray,
 
     # ---------------- LDS on the validation members
     info["lds"] = _lds(arrays, dms, masks, config, val_members, v_idx, v_te, effect_est,
-                       plan, key, figure_path, log)
+                       plan, key, figure_path)
     return arrays, info
 
 
 def _lds(arrays, dms, masks, config, val_members, v_idx, v_te, effect_est, plan, key,
-         figure_path, log) -> dict:
+         figure_path) -> dict:
     if val_members.size < 3:
         return {"note": "no validation members (sweep --validation-members V, V >= 3 per "
                         "subset fraction, to score the estimators' LDS)"}

@@ -558,3 +558,33 @@ def aum_by_kind(path, aum, kind, noise, cut: float) -> None:
     fig.tight_layout()
     eio.save_figure(path, fig, dpi=110)
     plt.close(fig)
+
+
+def section(run, train, masks: np.ndarray, member_keypoints: np.ndarray, aum: np.ndarray,
+            kind: np.ndarray, cut: float, top: int, figures: bool) -> tuple[dict, dict]:
+    """`analyze`'s label-check section: suspect frames from AUM `[n, K]` and the
+    out-of-subset prediction of the alive members (`member_keypoints [Ma, n, K, 2]`,
+    `masks [Ma, n]`); writes suspects.csv (and suspects.png, aum_by_kind.png)."""
+    pred = oob_prediction(member_keypoints, masks)                      # training px
+    frames = frame_report(aum, kind, train.noise_mask, labels=train.keypoints,
+                          prediction=pred)
+    kinds = swap_aware_kind(train.keypoints, pred, frames["terms"])
+    corrections = np.stack([kd["correction"] for kd in kinds]) if kinds else \
+        np.zeros((0, train.n_keypoints, 2))
+    bps = list(train.bodyparts)
+    rows = write_suspects(
+        run / "suspects.csv", list(train.frame_ids), bps, frames["score"], frames["flagged"],
+        frames["probe_kind"], [dict(kd, correction=c) for kd, c in
+                               zip(kinds, train.to_original(corrections))],
+        train.original_keypoints(), aum, train.noise_mask, frames["frame_aum"],
+        frames["terms"])
+    info = dict(frames["summary"])
+    info["prediction"] = ("median over the alive members that did not train on "
+                          "the frame (all alive members if every one did)")
+    info["top"] = rows[:top]
+    if figures:
+        gallery(run / "suspects.png", train.images, train.keypoints, pred, list(corrections),
+                rows, {f: i for i, f in enumerate(train.frame_ids)}, bps)
+        aum_by_kind(run / "aum_by_kind.png", np.where(train.labeled, aum, np.nan), kind,
+                    train.noise_mask, cut)
+    return {"prediction": pred, "corrections": corrections, "rows": rows}, info

@@ -128,3 +128,27 @@ def scatter(path, scores: dict[str, np.ndarray], error: np.ndarray, info: dict) 
     fig.tight_layout()
     eio.save_figure(path, fig, dpi=110)
     plt.close(fig)
+
+
+def section(run, test, out_te: dict, scores: dict[str, np.ndarray], figures: bool
+            ) -> tuple[np.ndarray, dict]:
+    """`analyze`'s check of the test frames' scores (`[T]` each) against the ensemble's
+    error there; returns the error `[T]` and its summary (and writes
+    uncertainty_vs_error.png)."""
+    from ensemble_jax.training.result import consensus
+    t_cons = consensus(out_te["keypoints"], out_te["confidences"])
+    t_lab = test.original_keypoints()
+    if test.noise_mask is not None:   # a label known to be wrong measures no model error
+        t_lab = np.where(np.asarray(test.noise_mask, bool)[..., None], np.nan, t_lab)
+    t_err = frame_error(test.to_original(t_cons), t_lab)
+    info = uncertainty_vs_error(scores, t_err)
+    info["error"] = ("ensemble consensus error per test frame, mean over labeled "
+                     "keypoints, px (original image)" + (
+                         "; labels marked as planted noise left out"
+                         if test.noise_mask is not None else ""))
+    if figures:
+        scatter(run / "uncertainty_vs_error.png", {
+            "MPE (mean over keypoints, nats)": scores["mpe_mean"],
+            "ensemble spread (mean, px)": scores["spread_mean"],
+            "1 - representativeness": 1 + scores["unrepresentativeness"]}, t_err, info)
+    return t_err, info

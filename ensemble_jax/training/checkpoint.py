@@ -22,7 +22,7 @@ import errno
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 from ensemble_jax import io as eio
 from ensemble_jax.training.errors import is_resource_error, one_line
+from ensemble_jax import logs
 
 CHECKPOINT_FORMAT = 1
 FORMAT_FILE = "format.json"
@@ -96,11 +97,10 @@ class Checkpointer:
     by another checkpoint format or package version."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2, *,
-                 resume: bool | None = None, log: Callable[[str], None] | None = None):
+                 resume: bool | None = None):
         self.directory = Path(directory).resolve()
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"checkpoint directory {self.directory}: is a file")
-        self.log = log or (lambda msg: None)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -180,14 +180,14 @@ class Checkpointer:
                         f"({one_line(e)}); no checkpoint was deleted; {advice}") from e
                 msg = f"step {step}: {one_line(e, 300)}"
                 errors.append(msg)
-                self.log(f"warning: {self.directory}: checkpoint {msg}; it is damaged, "
-                         f"trying the previous one")
+                logs.warning(f"warning: {self.directory}: checkpoint {msg}; it is damaged, "
+                             f"trying the previous one")
                 continue
             for bad in sorted(self.manager.all_steps()):
                 if bad > step:
                     self.manager.delete(bad)
-                    self.log(f"warning: {self.directory}: deleted damaged checkpoint {bad}; "
-                             f"resuming from step {step}")
+                    logs.warning(f"warning: {self.directory}: deleted damaged checkpoint {bad}; "
+                                 f"resuming from step {step}")
             return step, tree
         raise ValueError(f"{self.directory}: no checkpoint could be restored ("
                          f"{'; '.join(errors) or 'none found'}); delete the directory and "

@@ -9,19 +9,20 @@ No checkpoints: a staged fit is short and is rerun from scratch.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.trainer import EnsembleTrainer
+from ensemble_jax import logs
 
 
+@logs.sink
 def fit_staged(trainer: EnsembleTrainer, dataset: KeypointDataset,
                stages: Sequence[tuple[int, np.ndarray]], *,
-               member_ids: np.ndarray | None = None, progress: bool = False,
-               log: Callable[[str], None] | None = None) -> EnsembleResult:
+               member_ids: np.ndarray | None = None, progress: bool = False) -> EnsembleResult:
     """Trains M members whose subsets change at the given steps (see `EnsembleTrainer.fit`).
 
     stages: `[(start_step, masks [M, n] bool or int counts), ...]`, the first starting at
@@ -30,5 +31,4 @@ def fit_staged(trainer: EnsembleTrainer, dataset: KeypointDataset,
         with the same id start from the same weights (paired comparisons).
     Returns an `EnsembleResult` whose `masks` are the last stage's.
     """
-    return trainer.fit(dataset, stages=stages, member_ids=member_ids, progress=progress,
-                       log=log)
+    return trainer.fit(dataset, stages=stages, member_ids=member_ids, progress=progress)

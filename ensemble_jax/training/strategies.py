@@ -43,6 +43,7 @@ from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.training import errors, sharding
 from ensemble_jax.training.backend import path_backend
 from ensemble_jax.training.config import STRATEGIES
+from ensemble_jax import logs
 
 tree_map = jax.tree_util.tree_map
 
@@ -349,8 +350,7 @@ def timed_probe_steps(train_steps: int, n_candidates: int, most: int = 3) -> int
 
 
 def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
-             probe: tuple, train_steps: int, images_per_step: int,
-             log: Callable[[str], None]) -> tuple[Runner, dict]:
+             probe: tuple, train_steps: int, images_per_step: int) -> tuple[Runner, dict]:
     """strategy='auto': the fastest of `names` (runners built by `make`), measured on the
     `probe` arguments (states, inputs, images, keypoints; left untouched) or taken from
     the cache under `cache_facts`. Returns (runner, what was measured and how)."""
@@ -360,10 +360,10 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
     # Every process must run the same programs: process 0's cache and choice decide.
     if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
         chosen = ALL[sharding.agree(ALL.index(cached["chosen"]) if cached else 0)]
-        log(f"strategy: {chosen} (process 0's cached measurement)")
+        logs.info(f"strategy: {chosen} (process 0's cached measurement)")
         return make(chosen), {"chosen": chosen, "how": "cached"}
     if cached and jax.process_count() == 1:
-        log(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
+        logs.info(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
         return make(cached["chosen"]), dict(cached, how="cached")
     timed = timed_probe_steps(train_steps, len(names))
     table, runners, failed = {}, {}, {}
@@ -379,7 +379,7 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
         except Exception as e:   # noqa: BLE001 - any failure disqualifies a candidate
             failed[name] = errors.one_line(e)
             kind = "out of memory" if errors.is_resource_error(e) else "failed"
-            log(f"strategy probe {name:>11}: skipped, {kind}: {failed[name]}")
+            logs.info(f"strategy probe {name:>11}: skipped, {kind}: {failed[name]}")
             table.pop(name, None)
             return None
 
@@ -389,8 +389,8 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
             continue
         table[name] = got
         probe_steps += got["steps"]
-        log(f"strategy probe {name:>11}: {images_per_step / got['step_s']:8.0f}"
-            f" img/s (compile {got['compile_s']:.1f} s)")
+        logs.info(f"strategy probe {name:>11}: {images_per_step / got['step_s']:8.0f}"
+                  f" img/s (compile {got['compile_s']:.1f} s)")
     # A candidate that failed on any process is out everywhere (all run the same one).
     for name, bad in zip(names, sharding.any_process([n in failed for n in names])):
         if bad and name not in failed:
@@ -419,7 +419,7 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
         entry["failed"] = failed
     if sharding.is_primary():
         store_cached(key, entry)
-    log(f"strategy: {chosen} (fastest measured on {paths}: " + ", ".join(
-        f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s"
-        + (f"; skipped {', '.join(failed)}" if failed else "") + ")")
+    logs.info(f"strategy: {chosen} (fastest measured on {paths}: " + ", ".join(
+              f"{k} {v['images_per_s']:.0f}" for k, v in table.items()) + " img/s"
+              + (f"; skipped {', '.join(failed)}" if failed else "") + ")")
     return make(chosen), dict(entry, how="measured")

@@ -21,6 +21,7 @@ from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.step import MemberInputs, MemberState, init_member, make_member_step
+from ensemble_jax import logs
 
 
 def member_keys(seed: int, member_ids: np.ndarray) -> np.ndarray:
@@ -177,7 +178,7 @@ class EnsembleTrainer:
         return _runner(strategy, step, spp, int(s.inputs.subset_size.shape[0]),
                        members_per_program or tc.members_per_program, s.mesh, paths)
 
-    def choose_strategy(self, s: _Setup, log: Callable[[str], None]) -> tuple[Any, dict]:
+    def choose_strategy(self, s: _Setup) -> tuple[Any, dict]:
         """The runner of the configured strategy, or `strategies.autotune`'s for 'auto'."""
         tc = self.train_config
         if tc.strategy != "auto":
@@ -195,16 +196,17 @@ class EnsembleTrainer:
             facts["mesh"] = (sharding.n_shards(s.mesh), jax.process_count())
         return strategies.autotune(
             lambda name: self.runner(s, name), strategies.candidates(paths, local), facts,
-            (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size, log)
+            (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size)
 
     # ---------------------------------------------------------------- training
+    @logs.sink
     def fit(self, dataset: KeypointDataset, masks: np.ndarray | None = None, *,
             stages: Sequence[tuple[int, np.ndarray]] | None = None,
             lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
             checkpoint_dir: str | Path | None = None, resume: bool = False,
-            progress: bool = True, log: Callable[[str], None] | None = None,
-            images: np.ndarray | None = None, stop_after: int | None = None,
-            mesh: Any = None, block_ids: np.ndarray | None = None) -> EnsembleResult:
+            progress: bool = True, images: np.ndarray | None = None,
+            stop_after: int | None = None, mesh: Any = None,
+            block_ids: np.ndarray | None = None) -> EnsembleResult:
         """Trains one member per row of `masks` ([M, n] bool, or int bootstrap counts).
 
         stages: instead of masks, `[(start_step, masks [M, n]), ...]` (starts from 0,
@@ -226,7 +228,6 @@ class EnsembleTrainer:
         block_ids: int [M], with TrainConfig(crn=True) only: members of a block share their
             key (init, draws); default one block (training/crn.py).
         """
-        log = log or (lambda msg: None)
         tc = self.train_config
         if (masks is None) == (stages is None):
             raise ValueError("fit: give either masks or stages")
@@ -254,7 +255,7 @@ class EnsembleTrainer:
         width = int(max(c.sum(1).max() for c in all_counts)) if staged else None
         s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh, width=width,
                        block_ids=block_ids)
-        runner, strategy_info = self.choose_strategy(s, log)
+        runner, strategy_info = self.choose_strategy(s)
         stage_inputs = [s.inputs] + [self._device_inputs(member_inputs(
             c, member_ids, tc, lr_scale, width, block_ids), mesh) for c in all_counts[1:]]
         # The setup's initial states are no longer needed once the probe ran: without this,
@@ -268,7 +269,7 @@ class EnsembleTrainer:
         else:   # checkpoints hold the m real members only, laid out independently of padding
             ck_sharding = sharding.checkpoint_sharding(m, mesh)
             real = lambda st: sharding.first_members(st, m, ck_sharding)
-        ckpt = (Checkpointer(checkpoint_dir, resume=resume, log=log)
+        ckpt = (Checkpointer(checkpoint_dir, resume=resume)
                 if checkpoint_dir is not None else None)
         if ckpt is not None and resume and ckpt.latest_step() is not None:
             step, restored = ckpt.restore_latest({"states": real(states), "losses": losses,
@@ -278,7 +279,7 @@ class EnsembleTrainer:
             states, losses = restored["states"], np.asarray(restored["losses"])
             if mesh is not None:
                 states = sharding.pad_members(states, m, mesh)
-            log(f"resumed from step {step} ({ckpt.directory})")
+            logs.info(f"resumed from step {step} ({ckpt.directory})")
         setup_s = time.perf_counter() - t_setup
 
         bar = _progress(tc.steps, m, step, progress)
@@ -317,8 +318,9 @@ class EnsembleTrainer:
             host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], host)
         alive = np.asarray(host.alive)
         for i in np.flatnonzero(~alive):
-            log(f"warning: member {i} diverged at step {int(host.diverged_at[i])} (non-finite "
-                f"loss or weights); it was frozen and is excluded from consensus and influence")
+            logs.warning(f"warning: member {i} diverged at step {int(host.diverged_at[i])} "
+                         "(non-finite loss or weights); it was frozen and is excluded from "
+                         "consensus and influence")
         timing = {"setup_s": setup_s, "train_s": train_s, "steps_run": steps_run,
                   "steps_per_s": steps_run / train_s if train_s > 0 else float("nan"),
                   "images_per_s": steps_run * m * tc.batch_size / train_s if train_s > 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,7 @@ from ensemble_jax.training import strategies
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.step import MemberInputs, init_member
+from ensemble_jax import logs
 
 SAFETY = 0.8      # fraction of the free device memory the plan may use
 # Per-device budget when an accelerator reports no memory statistics: the free memory of a
@@ -221,15 +222,14 @@ def wave_checkpoint_dir(root: str | Path | None, plan: WavePlan, lo: int, hi: in
     return Path(root) if len(plan.waves) == 1 else Path(root) / f"members-{lo:05d}-{hi:05d}"
 
 
+@logs.sink
 def fit_waves(trainer: Any, dataset: KeypointDataset, masks: np.ndarray, plan: WavePlan, *,
               lr_scale: np.ndarray | None = None, member_ids: np.ndarray | None = None,
               checkpoint_dir: str | Path | None = None, resume: bool = False,
-              progress: bool = True, log: Callable[[str], None] | None = None,
-              mesh: Any = None, stop_after: int | None = None,
+              progress: bool = True, mesh: Any = None, stop_after: int | None = None,
               block_ids: np.ndarray | None = None) -> EnsembleResult:
     """`trainer.fit` wave by wave, with the members' global ids (and crn block ids); the
     merged result equals a one-wave run's."""
-    log = log or (lambda msg: None)
     m = int(np.asarray(masks).shape[0])
     if plan.n_members != m:
         raise ValueError(f"fit_waves: plan is for {plan.n_members} members, masks have {m}")
@@ -238,10 +238,10 @@ def fit_waves(trainer: Any, dataset: KeypointDataset, masks: np.ndarray, plan: W
     results = []
     for i, (lo, hi) in enumerate(plan.waves):
         if len(plan.waves) > 1:
-            log(f"wave {i + 1}/{len(plan.waves)}: members {lo}..{hi - 1}")
+            logs.info(f"wave {i + 1}/{len(plan.waves)}: members {lo}..{hi - 1}")
         results.append(trainer.fit(
             dataset, np.asarray(masks)[lo:hi], lr_scale=lrs[lo:hi], member_ids=ids[lo:hi],
             checkpoint_dir=wave_checkpoint_dir(checkpoint_dir, plan, lo, hi), resume=resume,
-            progress=progress, log=log, mesh=mesh, stop_after=stop_after,
+            progress=progress, mesh=mesh, stop_after=stop_after,
             **({} if block_ids is None else {"block_ids": np.asarray(block_ids)[lo:hi]})))
     return merge_results(results)

@@ -53,6 +53,7 @@ from ensemble_jax.data.export import (MEMBERS_DIR, member_file_name, predictions
                                       predictions_rows)
 from ensemble_jax.data.letterbox import to_original
 from ensemble_jax.video.reader import batches, open_source
+from ensemble_jax import logs
 
 __all__ = ["load_run", "predict_sources", "ensemble_forward", "PREDICT_FORMAT",
            "streaming_representativeness", "read_uncertainty", "source_dir"]
@@ -309,7 +310,7 @@ def _assemble(part: Path, dest: Path, source, result, members: np.ndarray, layou
 
 
 def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, *,
-                 batch_size: int, scorer: str, progress: bool, log: Callable[[str], None],
+                 batch_size: int, scorer: str, progress: bool,
                  after_batch: Callable[[int], None] | None) -> dict:
     import jax
     done_path = dest / DONE
@@ -320,7 +321,7 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
     if done_path.is_file():
         done = json.loads(done_path.read_text())
         if same_as(done):
-            log(f"{source.path}: already predicted in {dest} (predict.json); skipped")
+            logs.info(f"{source.path}: already predicted in {dest} (predict.json); skipped")
             return {**done, "frames_this_call": 0}
         raise ValueError(f"--out {dest}: holds finished predictions of another run or source "
                          f"(predict.json differs); choose another --out")
@@ -334,11 +335,11 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
                              f"it, or choose another --out")
         frames_done = int(prog["frames_done"])
         if int(prog["batch_size"]) != batch_size:   # same batches: the same numbers
-            log(f"{source.path}: resuming with the batch size it started with, "
-                f"{prog['batch_size']}")
+            logs.info(f"{source.path}: resuming with the batch size it started with, "
+                      f"{prog['batch_size']}")
             batch_size = want["batch_size"] = int(prog["batch_size"])
-        log(f"{source.path}: resuming after frame {frames_done - 1} "
-            f"({frames_done} frames done)")
+        logs.info(f"{source.path}: resuming after frame {frames_done - 1} "
+                  f"({frames_done} frames done)")
     elif dest.exists() and any(p.name != ".partial" for p in dest.iterdir()):
         raise ValueError(f"--out {dest}: exists and holds files that predict did not write; "
                          f"choose another --out")
@@ -407,10 +408,11 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
     return info
 
 
+@logs.sink
 def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     videos: Sequence[str | os.PathLike] = (),
                     images: Sequence[str | os.PathLike] = (), batch_size: int = 32,
-                    progress: bool = True, log: Callable[[str], None] = print,
+                    progress: bool = True,
                     scorer: str = "ensemble-jax",
                     after_batch: Callable[[int], None] | None = None,
                     result=None) -> list[dict]:
@@ -438,24 +440,24 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     alive = np.asarray(result.alive, bool)
     members = np.flatnonzero(alive)
     for m in np.flatnonzero(~alive):
-        log(f"warning: member {m} diverged at step {int(result.diverged_at[m])}; left out")
+        logs.warning(f"warning: member {m} diverged at step {int(result.diverged_at[m])}; left out")
     run_fp = _run_fingerprint(Path(run_dir))
     out.mkdir(parents=True, exist_ok=True)
     infos = []
-    with runlock.locked(out, "predict", warn=log):
+    with runlock.locked(out, "predict"):
         for s in sources:
             dest = source_dir(out, s.name)
             for d in (dest, dest / MEMBERS_DIR):   # a killed writer's temporaries
                 if d.is_dir():
                     eio.remove_temporaries(d)
             info = _predict_one(s, dest, result, members, run_fp, batch_size=batch_size,
-                                scorer=scorer, progress=progress, log=log,
+                                scorer=scorer, progress=progress,
                                 after_batch=after_batch)
             infos.append(info)
             if info.get("frames_this_call"):
-                log(f"{s.path}: {info['frames']} frames x {len(members)} members -> {dest} "
-                    f"({info['frames_per_s']:.1f} frames/s; decode {info['decode_s']:.1f} s "
-                    f"on its own thread, device {info['device_s']:.1f} s)")
+                logs.info(f"{s.path}: {info['frames']} frames x {len(members)} members -> {dest} "
+                          f"({info['frames_per_s']:.1f} frames/s; decode {info['decode_s']:.1f} s "
+                          f"on its own thread, device {info['device_s']:.1f} s)")
     return infos
 
 

@@ -36,12 +36,13 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from ensemble_jax import io as eio
 from ensemble_jax.data.dataset import DatasetError
+from ensemble_jax import logs
 
 __all__ = ["suggest_frames", "kmeans", "BY", "labeled_indices", "select"]
 
@@ -215,12 +216,12 @@ def _free_name(folder: Path, stem: str) -> Path:
     return p
 
 
+@logs.sink
 def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLike], *,
                    budget: int, by: str = "mpe", project: str | os.PathLike | None = None,
                    out: str | os.PathLike | None = None,
                    predictions: str | os.PathLike | None = None, min_gap: int = 10,
-                   batch_size: int = 32, seed: int = 0, progress: bool = True,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   batch_size: int = 32, seed: int = 0, progress: bool = True,) -> list[dict]:
     """Scores the frames of `videos`, picks `budget` of them and writes them (see the module
     doc). Every argument is checked before anything is written. Returns one dict per pick
     (video, frame, image path, score, reason)."""
@@ -257,9 +258,9 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
         listed = {Path(str(v)).stem for v in (cfg.get("video_sets") or {})}
         for n in names:
             if n not in listed:
-                log(f"note: {n} is not in {root / 'config.yaml'} video_sets; add the video "
-                    f"there (deeplabcut.add_new_videos) so that DeepLabCut merges "
-                    f"labeled-data/{n}/ (suggest does not edit config.yaml)")
+                logs.info(f"note: {n} is not in {root / 'config.yaml'} video_sets; add the video "
+                          f"there (deeplabcut.add_new_videos) so that DeepLabCut merges "
+                          f"labeled-data/{n}/ (suggest does not edit config.yaml)")
     else:
         if Path(out).exists() and not Path(out).is_dir():
             raise NotADirectoryError(f"--out {out}: exists and is a file, not a folder")
@@ -275,7 +276,7 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
                              f"{min_gap} of frames already there)")
     pred_dir = Path(predictions) if predictions is not None else Path(run_dir) / "video-predictions"
     infos = predict_sources(run_dir, pred_dir, videos=videos, batch_size=batch_size,
-                            progress=progress, log=log, result=result)
+                            progress=progress, result=result)
 
     # pooled arrays over all videos
     vid, frm, mpe, spread, rep, feats, elig = [], [], [], [], [], [], []
@@ -306,8 +307,8 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
     picked, reasons, relaxed = select(scores, elig, vid, frm, budget, by, min_gap,
                                       features=np.nan_to_num(feats), mpe=mpe, seed=seed)
     if relaxed:
-        log(f"note: {budget} frames {min_gap} frames apart do not fit the eligible frames; "
-            f"the last picks are closer together")
+        logs.info(f"note: {budget} frames {min_gap} frames apart do not fit the eligible frames; "
+                  f"the last picks are closer together")
     score_name = {"mpe": "mpe_max", "spread": "spread_max", "uniform": "mpe_max",
                   "cluster": "mpe_max", "representativeness": "mpe_max x representativeness"}[by]
 
@@ -324,7 +325,7 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
         for f, i, why in mine:
             name = f"img{f:0{pad}d}.png"
             if not _write_png_new(dest / name, frames[f]):
-                log(f"{dest / name}: exists; left as it is and frame {f} not suggested")
+                logs.info(f"{dest / name}: exists; left as it is and frame {f} not suggested")
                 continue
             sc = float(scores[i])
             lines.append([f, name, "NaN" if sc != sc else f"{sc:.6g}", score_name, by, why])
@@ -334,5 +335,5 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
         csv.writer(buf, lineterminator="\n").writerows(lines)
         target = _free_name(dest, "suggested")
         eio.write_text(target, buf.getvalue())
-        log(f"{s.path}: {len(lines) - 1} frames written to {dest} (list: {target.name})")
+        logs.info(f"{s.path}: {len(lines) - 1} frames written to {dest} (list: {target.name})")
     return rows_out
