@@ -302,7 +302,7 @@ def _print_retrain(retrain):
         print(f"  {arm:8s} {r['mean_change_px']:+.4f}"
               + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else ""))
     d = retrain["harmful_minus_random"]
-    print(f"  harmful minus random, per seed (px): " + ", ".join(f"{x:+.3f}" for x in
+    print("  harmful minus random, per seed (px): " + ", ".join(f"{x:+.3f}" for x in
                                                               d["per_seed_px"])
           + f"; mean {d['mean_px']:+.3f}" + (f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
                                              if d["ci95"][0] is not None else ""))

@@ -272,7 +272,6 @@ def bench_aum_tracking(args, rows):
     computed from the step's own forward pass; tracking adds it and two scatter-adds)."""
     from ensemble_jax import ModelConfig, TrainConfig, synthetic_dataset
     from ensemble_jax.training import strategies
-    from ensemble_jax.training.backend import path_backend
     from ensemble_jax.training.trainer import EnsembleTrainer
     n_members = 2 if args.quick else 4
     data = synthetic_dataset(64 if args.quick else 256, image_size=32 if args.quick else 64,

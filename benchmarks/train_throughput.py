@@ -37,7 +37,6 @@ interleaved rounds; share = 1 - (step time without) / (step time with).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import subprocess
@@ -187,7 +186,6 @@ def main() -> None:
     from ensemble_jax import io as eio
     from ensemble_jax import TrainConfig
     from ensemble_jax.training import sharding, strategies
-    from ensemble_jax.training import trainer as trainer_mod
     from ensemble_jax.training.backend import path_backend
 
     members = [1, 4] if args.quick else [int(x) for x in args.members.split(",")]

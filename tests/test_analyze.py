@@ -11,7 +11,6 @@ import pytest
 from ensemble_jax import cli, rundir
 from ensemble_jax import io as eio
 from ensemble_jax.analysis import aum as aum_lib
-from ensemble_jax import rundir
 from ensemble_jax.analysis.analyze import METRICS, analyze
 from ensemble_jax.analysis.threshold import inject_threshold_samples
 from ensemble_jax.models.heatmap_net import ModelConfig

@@ -3,7 +3,6 @@ that move between device counts. Runs that need several devices run in a subproc
 `--xla_force_host_platform_device_count` set before jax starts."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax import EnsembleTrainer, TrainConfig
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import waves
 

@@ -24,7 +24,6 @@ NaN keypoints. Inputs are assumed otherwise finite (+inf values are not supporte
 from __future__ import annotations
 
 import functools
-import math
 
 import chex
 import jax
