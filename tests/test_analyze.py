@@ -17,6 +17,8 @@ from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.sweep import SweepConfig, run_sweep
 from ensemble_jax.training.config import TrainConfig
 
+from report_checks import assert_report_embeds_figures
+
 
 # ------------------------------------------------------------------ pure pieces
 def roc_auc_pairs(scores, positive):
@@ -181,20 +183,11 @@ def test_analyze_outputs(run_dir):
 
 def test_report_of_a_run(run_dir):
     """`ensemble-jax report RUN_DIR` on a sweep + analyze folder: every figure embedded."""
-    import base64
-    import re
     if not (run_dir / "analysis.json").exists():
         analyze(run_dir, progress=False, log=lambda m: None)
     assert cli.main(["report", str(run_dir)]) == 0
-    page = (run_dir / "report.html").read_text()
-    imgs = re.findall(r'<img[^>]*src="([^"]*)"', page)
-    assert len(imgs) >= 5          # loss curve, suspects, AUM by kind, uncertainty, influence
-    for src in imgs:
-        assert src.startswith("data:image/png;base64,")
-        data = base64.b64decode(src.split(",", 1)[1])
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
-    for heading in ("Suspect frames", "AUM", "Uncertainty against error", "Influence"):
-        assert heading in page
+    assert_report_embeds_figures(run_dir / "report.html",
+                                 ("Suspect frames", "AUM", "Uncertainty against error", "Influence"))
 
 
 def test_load_result_matches_sweep_predictions(run_dir):
