@@ -35,7 +35,7 @@ aum.csv.
 Suspected kind (`swap_aware_kind`): "swap of a and b" when the best pair's gain exceeds
 G_SWAP (correction: exchange the two labels), else "displaced a" for the label farthest
 from the out-of-subset prediction in units of its keypoint's typical error (correction:
-the prediction). `suspect_kind` is the earlier rule (from the lowest-AUM label).
+the prediction).
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ import numpy as np
 
 PROBE_PERCENTILE = 90.0
 K_SD = 3.0
-SWAP_RATIO = 0.5
 
 
 @dataclasses.dataclass
@@ -106,42 +105,6 @@ def oob_prediction(member_keypoints: np.ndarray, masks: np.ndarray) -> np.ndarra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmedian(x, axis=0)
-
-
-def suspect_kind(labels: np.ndarray, prediction: np.ndarray, aum: np.ndarray,
-                 ratio: float = SWAP_RATIO) -> list[dict]:
-    """Per frame (`labels`, `prediction` `[n, K, 2]` same pixels, `aum` `[n, K]`):
-    {"kind": "swap" | "displaced" | None, "a": int, "b": int | None, "correction":
-    float [K, 2] (the suggested labels)}; kind None when the frame has no AUM."""
-    labels = np.asarray(labels, np.float64)
-    pred = np.asarray(prediction, np.float64)
-    out = []
-    for i in range(labels.shape[0]):
-        a_row = np.where(np.isfinite(aum[i]), aum[i], np.inf)
-        if not np.isfinite(a_row).any():
-            out.append({"kind": None, "a": None, "b": None, "correction": labels[i].copy()})
-            continue
-        a = int(np.argmin(a_row))
-        lab = np.isfinite(labels[i]).all(-1) & np.isfinite(pred[i]).all(-1)
-        best_b, best = None, np.inf
-        d = lambda u, v: float(np.hypot(*(u - v)))
-        if lab[a]:
-            for b in np.flatnonzero(lab):
-                if b == a:
-                    continue
-                keep = d(pred[i, a], labels[i, a]) + d(pred[i, b], labels[i, b])
-                swap = d(pred[i, a], labels[i, b]) + d(pred[i, b], labels[i, a])
-                if swap < ratio * keep and swap - keep < best:
-                    best_b, best = int(b), swap - keep
-        corr = labels[i].copy()
-        if best_b is not None:
-            corr[a], corr[best_b] = labels[i, best_b], labels[i, a]
-            out.append({"kind": "swap", "a": a, "b": best_b, "correction": corr})
-        else:
-            if np.isfinite(pred[i, a]).all():
-                corr[a] = pred[i, a]
-            out.append({"kind": "displaced", "a": a, "b": None, "correction": corr})
-    return out
 
 
 # ------------------------------------------------------- the swap-aware frame score
