@@ -13,12 +13,15 @@ maximum over the real frames, as the documented term) or by Sidak (each z read a
 normal tail, p_frame = 1 - (1 - p_min)^pairs, back to a normal quantile). A third form
 keeps the common scale and only shifts each pair by its median: g - max(0, median_ab -
 median over pairs of median_ab) (pairs the members usually confuse are pulled down).
+The last forms keep the global null but take the gain of each out-of-subset member's own
+prediction, then the minimum, mean or median over those members, instead of the gain of
+their median prediction.
 
 Everything else as documented (label term, Stouffer joint, cut = min(90th percentile of the
 threshold-sample frames, -3)); scored against the planted frames of saved
 `benchmarks/label_check.py --work DIR` runs (nothing is trained or written):
 
-    python benchmarks/swap_null.py --work DIR --runs mirror-0,mirror-1,openfield-0
+    python benchmarks/swap_null.py --work DIR [--runs mirror-0,mirror-1,openfield-0]
 """
 from __future__ import annotations
 
@@ -57,7 +60,27 @@ def run_inputs(run: Path, case: str, seed: int) -> dict:
         planted = label_check.planted_frames(case, seed)
         bad = np.array([f in planted for f in ids])
     return {"aum": rep.aum, "probe": kind > 0, "labels": r.train.original_keypoints(),
-            "pred": pred, "bad": bad & ~(kind > 0)}
+            "pred": pred, "bad": bad & ~(kind > 0),
+            "member_kp": r.predictions["train_keypoints"][members],
+            "masks": r.masks[members]}
+
+
+def member_swap_z(x: dict, sigma: np.ndarray, real: np.ndarray, how: str) -> np.ndarray:
+    """`[n]` swap term from the gains of each out-of-subset member's own prediction,
+    reduced over those members by `how` (min, mean or median); global null."""
+    import warnings
+    from ensemble_jax.analysis import suspects as sus
+    g = np.stack([sus.swap_gain(x["labels"], kp, sigma) for kp in x["member_kp"]])
+    oob = ~(x["masks"] > 0)                                    # [M, n]
+    use = np.where(oob.any(0)[None], oob, True)
+    g = np.where(use[:, :, None, None], g, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = {"min": np.nanmin, "mean": np.nanmean, "median": np.nanmedian}[how](g, 0)
+    ok = np.isfinite(g)
+    top = np.where(ok.any((1, 2)), np.where(ok, g, -np.inf).max((1, 2)), np.nan)
+    m, s = sus._bulk(top[real], "high")
+    return -(top - m) / s
 
 
 def pair_swap_z(g: np.ndarray, real: np.ndarray, form: str, floor: float = 0.25
@@ -96,7 +119,12 @@ def evaluate(x: dict, form: str, floor: float) -> dict:
     from ensemble_jax.analysis.aum import roc_auc
     probe, bad = x["probe"], x["bad"]
     t = sus.swap_aware_scores(x["aum"], x["labels"], x["pred"], ~probe)
-    sz = t["swap_z"] if form == "global" else pair_swap_z(t["gain"], ~probe, form, floor)
+    if form == "global":
+        sz = t["swap_z"]
+    elif form.startswith("member-"):
+        sz = member_swap_z(x, t["sigma"], ~probe, form.split("-")[1])
+    else:
+        sz = pair_swap_z(t["gain"], ~probe, form, floor)
     lz = t["label_z"]
     score = np.where(np.isfinite(sz), np.fmin(np.fmin(lz, sz), (lz + sz) / np.sqrt(2)), lz)
     score = np.where(np.isfinite(sus.frame_aum(x["aum"])), score, np.nan)
@@ -114,13 +142,15 @@ def evaluate(x: dict, form: str, floor: float) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", required=True, help="a label_check.py --work folder")
-    p.add_argument("--runs", default="openfield-0,openfield-1,openfield-2,synthetic-0,"
-                                      "synthetic-1,mirror-0,mirror-1",
+    p.add_argument("--runs", default=",".join(f"{c}-{i}" for c in ("openfield", "synthetic",
+                                                                     "mirror")
+                                              for i in range(3)),
                    help="CASE-SEED names of the runs in --work")
     p.add_argument("--floors", default="0.1,0.25,0.5")
     args = p.parse_args(argv)
     forms = [("global", None)] + [(f, float(fl)) for f in ("empirical", "sidak")
-                                  for fl in args.floors.split(",")] + [("shift", None)]
+                                  for fl in args.floors.split(",")] + [("shift", None)] + [
+        (f"member-{h}", None) for h in ("min", "mean", "median")]
     print(f"{'run':<12} {'swap null':<18} {'ROC-AUC':>7} {'(swap)':>7} {'cut':>6} "
           f"{'flagged':>7} {'recall':>9} {'precision':>9}")
     for name in args.runs.split(","):
