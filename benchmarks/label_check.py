@@ -92,6 +92,8 @@ def plant(case: str, dest: Path, seed: int, fraction: float = 0.1) -> tuple[Path
         return dest, {"pair": pair, "rows": [str(r) for r in rows]}
     if case == "mirror":
         os.symlink(src / "labeled-data", dest / "labeled-data")
+        for cfg in src.glob("config*.yaml"):      # the project's camera views, as a user has
+            shutil.copy(cfg, dest / cfg.name)
         df = _read_label_csv(src / "CollectedData.csv")
         scorer = df.columns.get_level_values(0)[0]
         bps = list(dict.fromkeys(df.columns.get_level_values(1)))

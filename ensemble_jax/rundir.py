@@ -307,6 +307,8 @@ def save_data(path: Path, train: Any, test: Any,
     """data.npz: the train/test frames at training resolution, labels, letterbox, and the
     AUM threshold samples (bool, or int kinds of analysis/threshold.KINDS)."""
     arrays: dict[str, Any] = {"bodyparts": np.array(list(train.bodyparts))}
+    if getattr(train, "views", None):      # [V, J] bodypart names: one body point per column
+        arrays["view_bodyparts"] = np.array([list(v) for v in train.views])
     if threshold_mask is not None:
         arrays["train_threshold_mask"] = np.asarray(threshold_mask, bool)
         if np.asarray(threshold_mask).dtype != bool:   # kinds (analysis/threshold.KINDS)
@@ -413,7 +415,9 @@ class Run:
             bodyparts=[str(b) for b in z["bodyparts"]],
             frame_ids=[str(f) for f in z[f"{name}_frame_ids"]],
             noise_mask=z.get(f"{name}_noise_mask"), letterbox=z[f"{name}_letterbox"],
-            original_sizes=z[f"{name}_original_sizes"], source=str(self.path))
+            original_sizes=z[f"{name}_original_sizes"], source=str(self.path),
+            views=tuple(tuple(str(b) for b in v) for v in z["view_bodyparts"])
+            if "view_bodyparts" in z else None)
 
     @functools.cached_property
     def train(self) -> Any:

@@ -15,6 +15,16 @@ lower = more suspect; `swap_aware_scores`):
   joint       (label term + swap term) / sqrt(2) (Stouffer): a swap lowers both.
   score       min(label term, swap term, joint).
 
+Projects that declare camera views (Lightning Pose's `mirrored_column_matches`,
+`analysis/multiview.py`) add a second, independent piece of evidence for the same
+hypothesis "a and b are exchanged": the multi-view gain gv (how much better the labels of
+the other views agree with the two labels exchanged; needs only the labels). Per pair both
+gains are put in robust SDs of their own frame maxima over the real frames and summed
+(Stouffer, / sqrt(2)); the swap term is then built from the largest pair evidence as
+before. A clean frame whose members exchange two paws (their own confusion) gets a
+strongly negative gv, a planted swap a positive one. Projects without views score exactly
+as before.
+
 Cut (`score_cut`): the threshold samples (`threshold.py`, kind "realistic") are frames with
 one known realistic error each: a swapped left/right (or closest) pair, a label put on the
 nearest other keypoint, a label displaced inside the image content. Their scores show
@@ -173,7 +183,8 @@ def swap_gain(labels: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
 
 
 def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarray,
-                      real: np.ndarray, label_scaling: str | None = None) -> dict:
+                      real: np.ndarray, label_scaling: str | None = None,
+                      multiview: dict | None = None) -> dict:
     """The documented frame score (lower = more suspect), in robust SDs from the bulk of
     the real frames (`real` bool `[n]`: the frames that are not threshold samples;
     median and half-SD from the side away from the errors, `_bulk`):
@@ -186,6 +197,13 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
                   |p_k - l_k| over the real frames)
       joint       (label_z_i + swap_z_i) / sqrt(2)   (Stouffer: a swap lowers both)
       score_i = min(label_z_i, swap_z_i, joint_i)
+
+    With `multiview` (`multiview.check`: camera views declared) S_i is the largest pair
+    evidence instead: e[i, a, b] = sum of the available z / sqrt(their number), over
+    zm = (g[i, a, b] - median Sm) / SD_low(Sm) (Sm_i = max over pairs of g, the members)
+    and zv = (gv[i, a, b] - median Sv) / SD_low(Sv) (Sv_i = max over pairs of the
+    multi-view gain gv, defined for pairs of one view that both have matches). Without
+    views e = zm, and swap_z is the same as above.
 
     A frame without a finite AUM gets NaN (not ranked); one with fewer than two
     predicted labels gets its label term. Returns score, label_z, swap_z, joint_z,
@@ -214,6 +232,20 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
     g = swap_gain(lab, pred, sigma)
     gok = np.isfinite(g)
     sterm = np.where(gok.any((1, 2)), np.where(gok, g, -np.inf).max((1, 2)), np.nan)
+    member_bulk = view_bulk = None
+    if multiview is not None:
+        gv = multiview["gain"]
+        member_bulk = _bulk(sterm[real], "high")
+        zm = (g - member_bulk[0]) / member_bulk[1]
+        vok = np.isfinite(gv)
+        vterm = np.where(vok.any((1, 2)), np.where(vok, gv, -np.inf).max((1, 2)), np.nan)
+        view_bulk = _bulk(vterm[real], "high")
+        zv = (gv - view_bulk[0]) / view_bulk[1]
+        both = np.isfinite(zm) & np.isfinite(zv)
+        e = np.where(both, (np.nan_to_num(zm) + np.nan_to_num(zv)) / np.sqrt(2.0),
+                     np.where(np.isfinite(zm), zm, zv))
+        eok = np.isfinite(e)
+        sterm = np.where(eok.any((1, 2)), np.where(eok, e, -np.inf).max((1, 2)), np.nan)
     lm, lsd = _bulk(lterm[real], "low")
     sm, ssd = _bulk(sterm[real], "high")
     label_z = (lterm - lm) / lsd
@@ -223,14 +255,17 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
     score = np.where(np.isfinite(lterm), score, np.nan)
     return {"score": score, "label_z": label_z, "swap_z": swap_z, "joint_z": joint,
             "swap_gain": sterm, "aum_z": z, "gain": g, "sigma": sigma,
-            "label_bulk": (lm, lsd), "swap_bulk": (sm, ssd), "label_scaling": label_scaling}
+            "label_bulk": (lm, lsd), "swap_bulk": (sm, ssd), "label_scaling": label_scaling,
+            "multiview": multiview, "member_gain_bulk": member_bulk,
+            "view_gain_bulk": view_bulk}
 
 
 def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
                     g_swap: float = G_SWAP) -> list[dict]:
     """Suspected kind per frame from `swap_aware_scores` `sc`: "swap" of the pair with the
     largest gain when it exceeds g_swap (the exchanged labels fit the out-of-subset
-    prediction clearly better; correction: exchange them), else "displaced" at the
+    prediction clearly better; with camera views the pair's gain is the mean of the
+    members' and the multi-view gain; correction: exchange them), else "displaced" at the
     label farthest from the prediction in units of its keypoint's sigma (correction: the
     prediction)."""
     labels = np.asarray(labels, np.float64)
@@ -242,6 +277,9 @@ def swap_aware_kind(labels: np.ndarray, prediction: np.ndarray, sc: dict,
             out.append({"kind": None, "a": None, "b": None, "correction": labels[i].copy()})
             continue
         gi = sc["gain"][i]
+        if sc.get("multiview") is not None:    # both pieces of evidence, same units
+            gv = sc["multiview"]["gain"][i]
+            gi = np.where(np.isfinite(gv) & np.isfinite(gi), (gi + gv) / 2.0, gi)
         corr = labels[i].copy()
         if np.isfinite(gi).any() and np.nanmax(gi) > g_swap:
             a, b = (int(v) for v in np.unravel_index(np.nanargmax(gi), gi.shape))
@@ -288,15 +326,16 @@ def score_cut(score: np.ndarray, probe: np.ndarray, k_sd: float = K_SD,
 
 
 def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, prediction: np.ndarray | None = None
-                 ) -> dict:
+                 labels: np.ndarray | None = None, prediction: np.ndarray | None = None,
+                 bodyparts=None, views=None) -> dict:
     """Frame scores, cut and flags of a run with realistic threshold samples.
 
     aum `[n, K]` ensemble AUM; kind int8 `[n, K]` threshold kinds (`threshold.KINDS`);
     noise bool `[n, K]` planted label noise when known. With `labels` and `prediction`
     (`[n, K, 2]`, the out-of-subset prediction, same pixels) the score is the swap-aware
     frame score (`swap_aware_scores`, cut `score_cut`); without, the frame AUM (cut
-    `frame_cut`). Returns a dict with "score" [n], "frame_aum" [n], "probe_kind" [n],
+    `frame_cut`). `views` (`KeypointDataset.views`, with `bodyparts`) adds the multi-view
+    swap evidence (`multiview.check`, fit on the real frames). Returns a dict with "score" [n], "frame_aum" [n], "probe_kind" [n],
     "cut" (FrameCut), "flagged" bool [n] (real frames only), "terms" (the swap-aware
     parts or None), and the numbers for analysis.json under "summary"."""
     from ensemble_jax.analysis.aum import roc_auc
@@ -306,15 +345,19 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
     probe = pk > 0
     terms = None
     if labels is not None and prediction is not None:
-        terms = swap_aware_scores(aum, labels, prediction, ~probe)
+        from ensemble_jax.analysis import multiview as mv_lib
+        mv = mv_lib.check(labels, bodyparts, views, ~probe) if views else None
+        terms = swap_aware_scores(aum, labels, prediction, ~probe, multiview=mv)
         score = terms["score"]
         fc = score_cut(score, probe)
         what = ("swap-aware frame score (lower = more suspect): min of the label term (the "
                 "frame's lowest label AUM" + (", each label scaled by its own keypoint's "
                 "AUM over the real frames" if terms["label_scaling"] == "keypoint" else "")
                 + "), the swap term (how much better the out-of-subset prediction fits two "
-                "labels exchanged) and their Stouffer sum, in robust SDs from the real "
-                "frames' bulk")
+                "labels exchanged" + (", summed per pair with the multi-view gain: how "
+                "much better the labels of the other camera views agree with them "
+                "exchanged" if mv is not None else "") + ") and their Stouffer sum, in "
+                "robust SDs from the real frames' bulk")
     else:
         score = fa
         fc = frame_cut(score, probe)
@@ -337,6 +380,19 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
             "n_flagged_by_swap_term": int((flagged & (terms["swap_z"] < fc.cut)).sum()),
             "n_flagged_by_label_term": int((flagged & (terms["label_z"] < fc.cut)).sum()),
             "n_flagged_by_joint_term": int((flagged & (terms["joint_z"] < fc.cut)).sum())}
+        if mv is not None:
+            r = mv["residual"]
+            summary["terms"]["multiview"] = {
+                "views": [list(v) for v in views],
+                "pca_components": int(mv["pca"]["components"].shape[0]),
+                "pca_rows_fit": mv["pca"]["n_rows"],
+                "pca_variance_kept": _f(mv["pca"]["explained"]),
+                "residual_px_training_median_real": _f(np.nanmedian(r[~probe])),
+                "residual_px_training_p95_real": _f(np.nanpercentile(r[~probe], 95)),
+                "member_gain_bulk": {"median": _f(terms["member_gain_bulk"][0]),
+                                     "sd_lower_half": _f(terms["member_gain_bulk"][1])},
+                "view_gain_bulk": {"median": _f(terms["view_gain_bulk"][0]),
+                                   "sd_lower_half": _f(terms["view_gain_bulk"][1])}}
     for code, name in KINDS.items():
         sel = pk == code
         if sel.any():
@@ -530,7 +586,8 @@ def section(run, train, masks: np.ndarray, member_keypoints: np.ndarray, aum: np
     `masks [Ma, n]`); writes suspects.csv (and suspects.png, aum_by_kind.png)."""
     pred = oob_prediction(member_keypoints, masks)                      # training px
     frames = frame_report(aum, kind, train.noise_mask, labels=train.keypoints,
-                          prediction=pred)
+                          prediction=pred, bodyparts=list(train.bodyparts),
+                          views=getattr(train, "views", None))
     kinds = swap_aware_kind(train.keypoints, pred, frames["terms"])
     corrections = np.stack([kd["correction"] for kd in kinds]) if kinds else \
         np.zeros((0, train.n_keypoints, 2))

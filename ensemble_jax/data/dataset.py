@@ -10,6 +10,9 @@ Shapes (n frames, K keypoints, images H x W x C):
   letterbox   float32 [n, 3]         (scale, dx, dy): x_train = scale * x_orig + dx, same
                                      for y; identity for data already at training size
   original_sizes int32 [n, 2]        (width, height) of each original image
+  views       tuple of V tuples of J bodypart names | None: the same J body points seen in
+                                     V camera views (Lightning Pose's
+                                     `mirrored_column_matches`); None = one view
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class KeypointDataset:
     letterbox: np.ndarray | None = None
     original_sizes: np.ndarray | None = None
     source: str = ""
+    views: tuple | None = None
 
     def __post_init__(self) -> None:
         images = np.asarray(self.images)
@@ -97,9 +101,17 @@ class KeypointDataset:
         sizes = np.asarray(sizes, np.int32)
         if sizes.shape != (n, 2):
             raise DatasetError(f"original_sizes{src} must be [n, 2], got {sizes.shape}")
+        views = self.views
+        if views is not None:
+            views = tuple(tuple(str(b) for b in v) for v in views)
+            unknown = sorted({b for v in views for b in v} - set(bodyparts))
+            if len(views) < 2 or len({len(v) for v in views}) != 1 or not views[0] or unknown:
+                raise DatasetError(
+                    f"views{src}: need >= 2 views of the same number of bodyparts"
+                    + (f"; not bodyparts: {unknown}" if unknown else f", got {views}"))
         for name, value in [("images", images), ("keypoints", kps), ("bodyparts", bodyparts),
                             ("frame_ids", frame_ids), ("noise_mask", noise),
-                            ("letterbox", lb), ("original_sizes", sizes)]:
+                            ("letterbox", lb), ("original_sizes", sizes), ("views", views)]:
             object.__setattr__(self, name, value)
 
     # ----------------------------------------------------------------- properties
@@ -196,5 +208,5 @@ def concatenate(datasets: Sequence[KeypointDataset]) -> KeypointDataset:
             for d in datasets]) if has_noise else None,
         letterbox=np.concatenate([d.letterbox for d in datasets]),
         original_sizes=np.concatenate([d.original_sizes for d in datasets]),
-        source=first.source,
+        source=first.source, views=first.views,
     )
