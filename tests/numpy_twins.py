@@ -496,3 +496,41 @@ def coherent_draw(positions, subset, u):
                 best, best_d = int(f), d
         out.append(best)
     return np.asarray(out)
+
+
+def multiview_residual(labels, cols, fit, n_components=3):
+    """Twin of `analysis.multiview.fit_pca` + `residual`: the PCA from the eigenvectors of
+    the covariance of the fit rows (not an SVD), refit without the rows beyond Q3 + 3 IQR
+    of the first fit's residuals, each row's residual by least squares on the component
+    basis, one row at a time. labels [n, K, 2], cols [V, J], fit bool [n]
+    -> [n, J] pixels (NaN where a view is unlabeled)."""
+    labels = np.asarray(labels, np.float64)
+    cols = np.asarray(cols)
+    n = labels.shape[0]
+    v_n, j_n = cols.shape
+    rows = np.full((n, j_n, 2 * v_n), np.nan)
+    for i in range(n):
+        for j in range(j_n):
+            rows[i, j] = np.concatenate([labels[i, cols[v, j]] for v in range(v_n)])
+    x = np.array([rows[i, j] for i in range(n) for j in range(j_n)
+                  if fit[i] and np.isfinite(rows[i, j]).all()])
+
+    def fit_basis(x):
+        mean = x.mean(0)
+        w, vec = np.linalg.eigh(np.cov((x - mean).T))
+        return mean, vec[:, np.argsort(w)[::-1][:n_components]]   # [2V], [2V, C]
+
+    def resid(y, basis):
+        coef = np.linalg.lstsq(basis, y, rcond=None)[0]
+        return math.sqrt(float(((y - basis @ coef) ** 2).sum()))
+    mean, basis = fit_basis(x)
+    r = np.array([resid(row - mean, basis) for row in x])
+    q1, q3 = np.percentile(r, [25, 75])
+    mean, basis = fit_basis(x[r <= q3 + 3 * (q3 - q1)])   # refit without the far-out rows
+    out = np.full((n, j_n), np.nan)
+    for i in range(n):
+        for j in range(j_n):
+            y = rows[i, j] - mean
+            if np.isfinite(y).all():
+                out[i, j] = resid(y, basis)
+    return out

@@ -11,7 +11,10 @@ multi-view PCA loss from them; the same construction checks the labels:
   PCA       fit on those rows of the labeled training frames that are not threshold
             samples, all body points pooled (as Lightning Pose does), keeping
             `n_components(V)` = min(3, 2V - 1) components: for two views a 3D point seen
-            by two (near-)linear cameras
+            by two (near-)linear cameras. Lightning Pose fits on labels it trusts; here the
+            labels are under test, so the fit is done twice: the second time without the
+            rows whose residual lies beyond Tukey's far-out fence (Q3 + 3 IQR) of the first,
+            so that a few swapped labels do not tilt the components towards themselves
   residual  r[i, j] = | row - its reconstruction from the components | (pixels, all views'
             coordinates together): near 0 where the labels of the views agree
 
@@ -54,12 +57,25 @@ def view_rows(labels: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 def fit_pca(labels: np.ndarray, cols: np.ndarray, fit: np.ndarray) -> dict:
     """The multi-view PCA of the module doc, fit on the frames `fit` (bool `[n]`).
-    Returns "mean" `[2V]`, "components" `[C, 2V]` (orthonormal rows), "n_rows" and
-    "explained" (share of the variance the components keep)."""
+    Returns "mean" `[2V]`, "components" `[C, 2V]` (orthonormal rows), "n_rows" (of the
+    final fit), "n_rows_dropped" (beyond the first fit's fence) and "explained" (share of
+    the variance the components keep)."""
     rows = view_rows(labels, cols)
     ok = np.isfinite(rows).all(-1) & np.asarray(fit, bool)[:, None]
     x = rows[ok]
     c = n_components(np.asarray(cols).shape[0])
+    pca = _pca(x, c)
+    if pca["mean"] is not None:          # refit without the far-out rows of the first fit
+        r = residual_rows(x, pca)
+        q1, q3 = np.percentile(r, [25, 75])
+        keep = r <= q3 + 3.0 * (q3 - q1)
+        if keep.sum() > c and not keep.all():
+            pca = _pca(x[keep], c)
+        pca["n_rows_dropped"] = int((~keep).sum())
+    return pca
+
+
+def _pca(x: np.ndarray, c: int) -> dict:
     if x.shape[0] <= c:
         return {"mean": None, "components": None, "n_rows": int(x.shape[0]),
                 "explained": None}

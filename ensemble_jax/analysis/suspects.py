@@ -236,10 +236,10 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
     if multiview is not None:
         gv = multiview["gain"]
         member_bulk = _bulk(sterm[real], "high")
-        zm = (g - member_bulk[0]) / member_bulk[1]
         vok = np.isfinite(gv)
         vterm = np.where(vok.any((1, 2)), np.where(vok, gv, -np.inf).max((1, 2)), np.nan)
         view_bulk = _bulk(vterm[real], "high")
+        zm = (g - member_bulk[0]) / member_bulk[1]
         zv = (gv - view_bulk[0]) / view_bulk[1]
         both = np.isfinite(zm) & np.isfinite(zv)
         e = np.where(both, (np.nan_to_num(zm) + np.nan_to_num(zv)) / np.sqrt(2.0),
@@ -386,6 +386,7 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
                 "views": [list(v) for v in views],
                 "pca_components": int(mv["pca"]["components"].shape[0]),
                 "pca_rows_fit": mv["pca"]["n_rows"],
+                "pca_rows_dropped": mv["pca"].get("n_rows_dropped"),
                 "pca_variance_kept": _f(mv["pca"]["explained"]),
                 "residual_px_training_median_real": _f(np.nanmedian(r[~probe])),
                 "residual_px_training_p95_real": _f(np.nanpercentile(r[~probe], 95)),
