@@ -286,6 +286,9 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
         load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     logs.info(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
               f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
+    if getattr(data, "views", None):
+        logs.info(f"camera views (the project's mirrored_column_matches): {len(data.views)} "
+                  f"views of {len(data.views[0])} body points; label checking uses them")
     # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
     model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train,
                                               chosen.append)

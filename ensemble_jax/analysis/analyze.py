@@ -502,6 +502,12 @@ def describe(analysis: dict, n: int = 3) -> str:
     if sus_info:
         lines.append(f"suspect frames: {sus_info['n_flagged']} of {sus_info['n_frames']} "
                      f"flagged (suspects.csv; {sus_info['rule']})")
+        view = (sus_info.get("terms") or {}).get("multiview")
+        if view:
+            lines.append(f"  swap evidence from the labels' agreement across "
+                         f"{len(view['views'])} camera views too (multi-view PCA, "
+                         f"{view['pca_components']} components; median residual "
+                         f"{view['residual_px_training_median_real']:.2f} training px)")
         for r in sus_info["top"][:n]:
             lines.append(f"  {'flagged' if r['flagged'] else 'ranked'}: {r['frame']}: "
                          f"{r['description']} (frame score "
