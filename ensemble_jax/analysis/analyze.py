@@ -507,7 +507,7 @@ def describe(analysis: dict, n: int = 3) -> str:
             lines.append(f"  swap evidence from the labels' agreement across "
                          f"{len(view['views'])} camera views too (multi-view PCA, "
                          f"{view['pca_components']} components; median residual "
-                         f"{view['residual_px_training_median_real']:.2f} training px)")
+                         f"{view['residual_px_training_median_real'] or float('nan'):.2f} training px)")
         for r in sus_info["top"][:n]:
             lines.append(f"  {'flagged' if r['flagged'] else 'ranked'}: {r['frame']}: "
                          f"{r['description']} (frame score "
