@@ -23,7 +23,9 @@ Cases:
   openfield   ../shared/data/openfield-Pranav-2018-10-30, left and right ear exchanged in
               10% of the frames
   mirror      ../shared/data/lp-mirror-mouse-example, the left/right keypoint pair (by
-              name) with the most frames labeled on both sides exchanged in 10% of frames
+              name) with the most frames labeled on both sides exchanged in 10% of frames;
+              the project's config YAML is copied too, so its camera views
+              (`mirrored_column_matches`) are read as a user's sweep reads them
   synthetic   the embedded scenes with `--noise-rate 0.1` (half of the noisy frames a
               left/right swap, half one or two displaced labels); recall per kind
 
