@@ -18,7 +18,7 @@ from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.subsets import SubsetError, validate_masks
 from ensemble_jax.training import backend, crn, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax.training.step import MemberInputs, MemberState, init_member, make_member_step
 from ensemble_jax import logs
@@ -95,19 +95,21 @@ def _check_stages(stages: Sequence[tuple[int, Any]], steps: int) -> list[int]:
 class EnsembleTrainer:
     """Usage::
 
-        trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600))
+        trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600), ExecConfig())
         result = trainer.fit(train_set, nested_subsets(train_set.n_frames, [.1, .5, .9], 3))
         preds = result.predict(test_set.images)
 
-    What it computes is `jax.vmap(step.make_train(...))` over the members' inputs; what it
-    adds is speed (a strategy, chunks of compiled steps, sharding) and the host's side
-    (progress, checkpoints, resume).
+    What it computes is `jax.vmap(step.make_train(...))` over the members' inputs, fixed by
+    the model and train configs; what `exec_config` adds is speed (a strategy, chunks of
+    compiled steps, sharding) and the host's side (progress, checkpoints, resume).
     """
 
     def __init__(self, model_config: ModelConfig | None = None,
-                 train_config: TrainConfig | None = None):
+                 train_config: TrainConfig | None = None,
+                 exec_config: ExecConfig | None = None):
         self.model_config = model_config or ModelConfig()
         self.train_config = train_config or TrainConfig()
+        self.exec_config = exec_config or ExecConfig()
 
     # ------------------------------------------------------------------ set-up
     def _check(self, dataset: Any, masks: Any) -> np.ndarray:
@@ -125,12 +127,6 @@ class EnsembleTrainer:
             raise DatasetError("fit: the dataset has no labeled keypoint at all")
         return counts
 
-    def _device_inputs(self, inputs: MemberInputs, mesh: Any) -> MemberInputs:
-        if mesh is None:
-            return jax.tree_util.tree_map(jnp.asarray, inputs)
-        pad = sharding.pad_index(inputs.subset_size.shape[0], mesh)
-        return sharding.put_members(jax.tree_util.tree_map(lambda x: x[pad], inputs), mesh)
-
     def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
               lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None,
               width: int | None = None, block_ids: np.ndarray | None = None) -> _Setup:
@@ -144,58 +140,50 @@ class EnsembleTrainer:
         init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
                             (h, w, dataset.images.shape[3]), dataset.n_frames,
                             dataset.n_keypoints)   # (the init has no matmul to make exact)
-        imgs = dataset.images if images is None else images
-        m = int(counts.shape[0])
-        inputs = self._device_inputs(host_inputs, mesh)
-        if mesh is not None:
-            pad = sharding.pad_index(m, mesh)
-            host = jax.device_get(_init_each(init_one, host_inputs.key))
-            states = sharding.put_members(
-                jax.tree_util.tree_map(lambda *xs: np.stack(xs)[pad], *host), mesh)
-            return _Setup(model, member_step, states, inputs,
-                          sharding.put_global(imgs, sharding.replicated(mesh)),
-                          sharding.put_global(dataset.keypoints, sharding.replicated(mesh)),
-                          mesh=mesh, n_real=m)
         states = _stack(_init_each(init_one, host_inputs.key))
-        # Committed to its device, as the states restored from a checkpoint are: jit
-        # keys its compiled programs on that too, so a resume would otherwise compile
-        # every chunk program a second time.
-        states = jax.device_put(states, jax.tree_util.tree_leaves(states)[0].sharding)
-        return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
-                      jnp.asarray(dataset.keypoints), n_real=m)
+        shared = [dataset.images if images is None else images, dataset.keypoints]
+        shared = ([jnp.asarray(x) for x in shared] if mesh is None else
+                  [sharding.put_global(x, sharding.replicated(mesh)) for x in shared])
+        return _Setup(model, member_step, _place(states, mesh), _place(host_inputs, mesh),
+                      *shared, mesh=mesh, n_real=int(counts.shape[0]))
 
     def runner(self, s: _Setup, name: str, members_per_program: int | None = None
                ) -> strategies.Runner:
         """The (cached) runner of strategy `name` for this setup's members and devices; it
         trains `Strategy.model_config` of this network (the same function and parameters)."""
-        tc = self.train_config
         strategy = strategies.get(name)
         mc = strategy.model_config(self.model_config)
         step = s.member_step if mc == self.model_config else _member_step(
-            mc, _step_key(tc), tuple(s.images.shape[1:3]), int(s.keypoints.shape[1]))
-        paths = backend.path_backend()
-        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
-        return _runner(strategy, step, spp, int(s.inputs.subset_size.shape[0]),
-                       members_per_program or tc.members_per_program, s.mesh, paths)
+            mc, _step_key(self.train_config), tuple(s.images.shape[1:3]),
+            int(s.keypoints.shape[1]))
+        return _runner(strategy, step, self._steps_per_program(),
+                       int(s.inputs.subset_size.shape[0]),
+                       members_per_program or self.exec_config.members_per_program, s.mesh,
+                       backend.path_backend())
+
+    def _steps_per_program(self) -> int:
+        ec = self.exec_config
+        return ec.steps_per_program or strategies.default_steps_per_program(
+            backend.path_backend(), ec.chunk_size)
 
     def choose_strategy(self, s: _Setup) -> tuple[Any, dict]:
         """The runner of the configured strategy, or `strategies.autotune`'s for 'auto'."""
-        tc = self.train_config
-        if tc.strategy != "auto":
-            return self.runner(s, tc.strategy), {"chosen": tc.strategy,
-                                                 "how": "fixed by TrainConfig"}
+        tc, ec = self.train_config, self.exec_config
+        if ec.strategy != "auto":
+            return self.runner(s, ec.strategy), {"chosen": ec.strategy,
+                                                 "how": "fixed by ExecConfig"}
         m = int(s.inputs.subset_size.shape[0])
-        paths = backend.path_backend()
-        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
         facts = dict(model=dataclasses.asdict(self.model_config), members=m,
                      images=tuple(s.images.shape), batch=tc.batch_size,
-                     group=tc.members_per_program, aum=tc.track_aum, spp=spp)
+                     group=ec.members_per_program, aum=tc.track_aum,
+                     spp=self._steps_per_program())
         local = m
         if s.mesh is not None:   # the strategy applies inside each device, to its block
             local = m // sharding.n_shards(s.mesh)
             facts["mesh"] = (sharding.n_shards(s.mesh), jax.process_count())
         return strategies.autotune(
-            lambda name: self.runner(s, name), strategies.candidates(paths, local), facts,
+            lambda name: self.runner(s, name),
+            strategies.candidates(backend.path_backend(), local), facts,
             (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size)
 
     # ---------------------------------------------------------------- training
@@ -216,8 +204,8 @@ class EnsembleTrainer:
         lr_scale: float [M], multiplies each member's updates (default 1).
         member_ids: int [M], the members' identities for their PRNG keys (default 0..M-1);
             a member trained alone with its id and subset gets the same parameters.
-        checkpoint_dir / resume: orbax checkpoints every `checkpoint_every` steps; with
-            resume=True the latest one is restored and training continues from it.
+        checkpoint_dir / resume: orbax checkpoints every `ExecConfig.checkpoint_every`
+            steps; with resume=True the latest one is restored and training continues.
         images: optional float [n, H, W, C] replacing dataset.images on device (testing).
         stop_after: stop (as if interrupted) once this many steps are done; the schedule
             still assumes `steps`, so a resume continues exactly.
@@ -228,7 +216,7 @@ class EnsembleTrainer:
         block_ids: int [M], with TrainConfig(crn=True) only: members of a block share their
             key (init, draws); default one block (training/crn.py).
         """
-        tc = self.train_config
+        tc, ec = self.train_config, self.exec_config
         if (masks is None) == (stages is None):
             raise ValueError("fit: give either masks or stages")
         staged = stages is not None
@@ -256,7 +244,7 @@ class EnsembleTrainer:
         s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh, width=width,
                        block_ids=block_ids)
         runner, strategy_info = self.choose_strategy(s)
-        stage_inputs = [s.inputs] + [self._device_inputs(member_inputs(
+        stage_inputs = [s.inputs] + [_place(member_inputs(
             c, member_ids, tc, lr_scale, width, block_ids), mesh) for c in all_counts[1:]]
         # The setup's initial states are no longer needed once the probe ran: without this,
         # a third copy of every member's state stays on the device while training.
@@ -285,12 +273,12 @@ class EnsembleTrainer:
         bar = _progress(tc.steps, m, step, progress)
         t_train = time.perf_counter()
         steps_run = 0
-        every = tc.checkpoint_every
+        every = ec.checkpoint_every
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         bounds = starts[1:] + [tc.steps]
         while step < end:
             k = int(np.searchsorted(starts, step, side="right")) - 1     # the stage of step
-            n = min(tc.chunk_size, end - step, bounds[k] - step)
+            n = min(ec.chunk_size, end - step, bounds[k] - step)
             if every:
                 n = min(n, every - step % every)
             states, chunk_losses = runner(states, stage_inputs[k], s.images, s.keypoints,
@@ -337,10 +325,21 @@ class EnsembleTrainer:
 
 
 def _step_key(tc: TrainConfig) -> TrainConfig:
-    """The settings the compiled step depends on (not the seed, strategy or chunking), so
-    fits that differ only in those share compiled programs."""
-    return dataclasses.replace(tc, seed=0, strategy="auto", chunk_size=1, checkpoint_every=0,
-                               steps_per_program=0, members_per_program=1)
+    """What the compiled step depends on: all of it but the seed (which only feeds the
+    members' keys), so fits that differ in seed or execution share compiled programs."""
+    return dataclasses.replace(tc, seed=0)
+
+
+def _place(tree: Any, mesh: Any) -> Any:
+    """A stacked [M, ...] tree on the device(s). One device: committed to it, as states
+    restored from a checkpoint are (jit keys its programs on that too, so a resume would
+    otherwise compile every chunk program a second time). A mesh: padded once, cyclically,
+    to whole device blocks (`sharding.pad_index`) and sharded over its devices."""
+    if mesh is None:
+        return jax.device_put(tree, jax.local_devices()[0])
+    pad = sharding.pad_index(int(jax.tree_util.tree_leaves(tree)[0].shape[0]), mesh)
+    return sharding.put_members(jax.tree_util.tree_map(lambda x: np.asarray(x)[pad], tree),
+                                mesh)
 
 
 @functools.lru_cache(maxsize=32)

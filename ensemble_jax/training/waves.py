@@ -104,8 +104,9 @@ def default_memory_budget(device: Any = None) -> tuple[int | None, str, str | No
 
 
 def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
-                          dataset: KeypointDataset, *, measure: bool = True) -> int:
-    """Device bytes one member needs while training (see the module docstring)."""
+                          dataset: KeypointDataset, *, measure: bool = True,
+                          strategy: str = "auto") -> int:
+    """Device bytes one member needs while training `strategy` (see the module docstring)."""
     from ensemble_jax.training.trainer import _member_step, _step_key
     h, w, c = dataset.image_shape
     k, n = dataset.n_keypoints, dataset.n_frames
@@ -121,7 +122,7 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
         # A strategy may train the network in another form ('vmap_matmul': convolutions
         # over kh*kw shifted copies of their input): size the waves for the largest form
         # among those the strategy (or 'auto', any of them) can run.
-        names = strategies.ALL if train_config.strategy == "auto" else (train_config.strategy,)
+        names = strategies.ALL if strategy == "auto" else (strategy,)
         configs = {strategies.get(name).model_config(model_config) for name in names}
         try:
             ins = MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
