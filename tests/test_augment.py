@@ -147,7 +147,8 @@ def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
 
 def test_command_line_defaults_augment_opt_in():
     from ensemble_jax import cli
-    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "x", *a]))
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(
+        ["sweep", "--out", "x", *a]))[:3]          # (sweep, model, train); exec unused
     _, model, train = parse()
     assert not train.augment.enabled and train.epochs is None and train.schedule == "cosine"
     _, model, train = parse("--data", "somewhere", "--flip-pairs", "leftear:rightear",

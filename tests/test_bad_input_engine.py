@@ -113,6 +113,19 @@ def test_unknown_strategy_plan_and_schedule():
         TrainConfig(schedule="linear")
 
 
+def test_execution_flags_set_the_exec_config_and_are_named_as_flags():
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "r",
+                                                                        *a]))
+    assert parse("--smoke")[3] == ExecConfig(chunk_size=20)            # the smoke preset's
+    _, _, train, run = parse("--strategy", "unrolled", "--chunk-size", "7",
+                             "--checkpoint-every", "14", "--steps", "28")
+    assert run == ExecConfig(strategy="unrolled", chunk_size=7, checkpoint_every=14)
+    assert train == TrainConfig(steps=28)                   # nothing of it in TrainConfig
+    with pytest.raises(ValueError) as e:
+        ExecConfig(chunk_size=0)
+    assert cli.flag_words(str(e.value)) == "--chunk-size 0: must be >= 1"
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"steps": 0}, r"TrainConfig\.steps=0: must be a positive integer"),
     ({"batch_size": 0}, r"TrainConfig\.batch_size=0: must be a positive integer"),

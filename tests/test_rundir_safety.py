@@ -154,6 +154,25 @@ def test_overwrite_moves_the_finished_run_aside_whole(finished, tmp_path):
     assert cli.main(["analyze", str(mixed), "--quiet"]) == 2
 
 
+def test_run_from_before_exec_config_still_loads_compares_and_analyzes(finished, tmp_path):
+    """Runs written before ExecConfig kept strategy, chunk_size, ... under config.json's
+    "train": they load, compare on --resume and analyse like a new run."""
+    run = _copy(finished, tmp_path / "run")
+    now = json.loads((run / "config.json").read_text())
+    old = {k: v for k, v in now.items() if k != "exec"}
+    old["train"] = {**now["train"], **now["exec"]}
+    eio.write_json(run / "config.json", old)
+    rundir.RunDir(run).record("config.json")
+    loaded = rundir.load(run)
+    assert loaded.config["train"] == now["train"] and loaded.config["exec"] == now["exec"]
+    assert loaded.result.train_config == TINY_TC
+    # the only setting named is the one that changed (none from the old layout)
+    with pytest.raises(ValueError, match=r"settings that differ: exec\.chunk_size \(4 -> 2\)$"):
+        run_sweep(run, TINY, SMALL, TINY_TC, dataclasses.replace(TINY_EC, chunk_size=2),
+                  resume=True, **QUIET)
+    assert analyze(run, figures_enabled=False, **QUIET)["members"] == 2
+
+
 # -------------------------------------------------- defect 3: --resume checks the data
 def test_resume_refuses_other_data_naming_what_changed(tmp_path, monkeypatch):
     def stop(*a, **k):

@@ -20,7 +20,7 @@ from ensemble_jax.training import backend, crn, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
 from ensemble_jax.training.config import ExecConfig, TrainConfig
 from ensemble_jax.training.result import EnsembleResult
-from ensemble_jax.training.step import MemberInputs, MemberState, init_member, make_member_step
+from ensemble_jax.training.step import MemberInputs, MemberState, init_member, member_step_for
 from ensemble_jax import logs
 
 
@@ -72,14 +72,12 @@ def member_inputs(counts: np.ndarray, member_ids: np.ndarray, tc: TrainConfig,
 
 @dataclasses.dataclass
 class _Setup:
-    model: HeatmapNet
     member_step: Callable
-    states: MemberState
+    states: MemberState       # [M] stacked; with a mesh padded to whole device blocks
     inputs: MemberInputs
     images: jax.Array
     keypoints: jax.Array
     mesh: Any = None          # jax.sharding.Mesh when sharded over devices, else None
-    n_real: int = 0           # real members (states/inputs may carry padded copies)
 
 
 def _check_stages(stages: Sequence[tuple[int, Any]], steps: int) -> list[int]:
@@ -131,31 +129,30 @@ class EnsembleTrainer:
               lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None,
               width: int | None = None, block_ids: np.ndarray | None = None) -> _Setup:
         mc, tc = self.model_config, self.train_config
-        model = HeatmapNet(mc, dataset.n_keypoints)
         h, w = dataset.images.shape[1:3]
-        member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
+        member_step = member_step_for(mc, tc, (h, w), dataset.n_keypoints)
         host_inputs = member_inputs(counts, member_ids, tc, lr_scale, width, block_ids)
         # One compiled single-member init, called per member (its compile is slow on CPU
         # and would otherwise recur for every ensemble size); values equal a vmapped init.
-        init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
+        # (keyed without the seed, which only feeds the keys, and without `deterministic`:
+        # the init has no matmul to make exact)
+        init_one = _init_fn(mc, dataclasses.replace(tc, seed=0, deterministic=False),
                             (h, w, dataset.images.shape[3]), dataset.n_frames,
-                            dataset.n_keypoints)   # (the init has no matmul to make exact)
+                            dataset.n_keypoints)
         states = _stack(_init_each(init_one, host_inputs.key))
         shared = [dataset.images if images is None else images, dataset.keypoints]
         shared = ([jnp.asarray(x) for x in shared] if mesh is None else
                   [sharding.put_global(x, sharding.replicated(mesh)) for x in shared])
-        return _Setup(model, member_step, _place(states, mesh), _place(host_inputs, mesh),
-                      *shared, mesh=mesh, n_real=int(counts.shape[0]))
+        return _Setup(member_step, _place(states, mesh), _place(host_inputs, mesh), *shared,
+                      mesh=mesh)
 
     def runner(self, s: _Setup, name: str, members_per_program: int | None = None
                ) -> strategies.Runner:
         """The (cached) runner of strategy `name` for this setup's members and devices; it
         trains `Strategy.model_config` of this network (the same function and parameters)."""
         strategy = strategies.get(name)
-        mc = strategy.model_config(self.model_config)
-        step = s.member_step if mc == self.model_config else _member_step(
-            mc, _step_key(self.train_config), tuple(s.images.shape[1:3]),
-            int(s.keypoints.shape[1]))
+        step = member_step_for(strategy.model_config(self.model_config), self.train_config,
+                               tuple(s.images.shape[1:3]), int(s.keypoints.shape[1]))
         return _runner(strategy, step, self._steps_per_program(),
                        int(s.inputs.subset_size.shape[0]),
                        members_per_program or self.exec_config.members_per_program, s.mesh,
@@ -252,11 +249,9 @@ class EnsembleTrainer:
         losses = np.full((tc.steps, m), np.nan, np.float32)
         keys = training_keys(tc, member_ids, block_ids)
         step = 0
-        if mesh is None:
-            real = lambda st: st
-        else:   # checkpoints hold the m real members only, laid out independently of padding
-            ck_sharding = sharding.checkpoint_sharding(m, mesh)
-            real = lambda st: sharding.first_members(st, m, ck_sharding)
+        # checkpoints hold the m real members only, laid out independently of padding
+        real = (lambda st: st) if mesh is None else functools.partial(
+            sharding.first_members, m=m, sharding=sharding.checkpoint_sharding(m, mesh))
         ckpt = (Checkpointer(checkpoint_dir, resume=resume)
                 if checkpoint_dir is not None else None)
         if ckpt is not None and resume and ckpt.latest_step() is not None:
@@ -271,8 +266,7 @@ class EnsembleTrainer:
         setup_s = time.perf_counter() - t_setup
 
         bar = _progress(tc.steps, m, step, progress)
-        t_train = time.perf_counter()
-        steps_run = 0
+        t_train, first = time.perf_counter(), step
         every = ec.checkpoint_every
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         bounds = starts[1:] + [tc.steps]
@@ -283,10 +277,8 @@ class EnsembleTrainer:
                 n = min(n, every - step % every)
             states, chunk_losses = runner(states, stage_inputs[k], s.images, s.keypoints,
                                           step, n)
-            chunk_losses = chunk_losses[:, :m]
-            losses[step:step + n] = chunk_losses
+            losses[step:step + n] = chunk_losses = chunk_losses[:, :m]
             step += n
-            steps_run += n
             if ckpt is not None and ((every and step % every == 0) or step == end):
                 ckpt.save(step, {"states": real(states), "losses": losses,
                                  "member_keys": keys, "masks": counts})
@@ -301,33 +293,29 @@ class EnsembleTrainer:
             bar.close()
         if ckpt is not None:
             ckpt.close()
-        host = sharding.to_host(states)
-        if mesh is not None:
-            host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], host)
-        alive = np.asarray(host.alive)
+        host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], sharding.to_host(states))
+        alive = host.alive
         for i in np.flatnonzero(~alive):
             logs.warning(f"warning: member {i} diverged at step {int(host.diverged_at[i])} "
                          "(non-finite loss or weights); it was frozen and is excluded from "
                          "consensus and influence")
-        timing = {"setup_s": setup_s, "train_s": train_s, "steps_run": steps_run,
-                  "steps_per_s": steps_run / train_s if train_s > 0 else float("nan"),
-                  "images_per_s": steps_run * m * tc.batch_size / train_s if train_s > 0
-                  else float("nan"),
-                  "strategy": strategy_info}
+        timing = speed(setup_s, train_s, step - first, (step - first) * m * tc.batch_size,
+                       strategy_info)
         if staged:
             timing["stage_starts"] = starts
         return EnsembleResult(
             model_config=self.model_config, train_config=tc, params=host.params,
             masks=all_counts[-1], bodyparts=list(dataset.bodyparts),
-            image_shape=dataset.image_shape, aum_sum=np.asarray(host.aum_sum),
-            aum_count=np.asarray(host.aum_count), losses=losses, alive=alive,
-            diverged_at=np.asarray(host.diverged_at), strategy=runner.name, timing=timing)
+            image_shape=dataset.image_shape, aum_sum=host.aum_sum, aum_count=host.aum_count,
+            losses=losses, alive=alive, diverged_at=host.diverged_at, strategy=runner.name,
+            timing=timing)
 
 
-def _step_key(tc: TrainConfig) -> TrainConfig:
-    """What the compiled step depends on: all of it but the seed (which only feeds the
-    members' keys), so fits that differ in seed or execution share compiled programs."""
-    return dataclasses.replace(tc, seed=0)
+def speed(setup_s: float, train_s: float, steps: int, images: int, strategy: dict) -> dict:
+    """A fit's timing: setup and training seconds, ensemble steps and images per second."""
+    per_s = lambda x: x / train_s if train_s > 0 else float("nan")
+    return {"setup_s": setup_s, "train_s": train_s, "steps_run": steps,
+            "steps_per_s": per_s(steps), "images_per_s": per_s(images), "strategy": strategy}
 
 
 def _place(tree: Any, mesh: Any) -> Any:
@@ -340,12 +328,6 @@ def _place(tree: Any, mesh: Any) -> Any:
     pad = sharding.pad_index(int(jax.tree_util.tree_leaves(tree)[0].shape[0]), mesh)
     return sharding.put_members(jax.tree_util.tree_map(lambda x: np.asarray(x)[pad], tree),
                                 mesh)
-
-
-@functools.lru_cache(maxsize=32)
-def _member_step(mc: ModelConfig, tc: TrainConfig, image_hw: tuple[int, int], k: int):
-    hw = (image_hw[0] // mc.output_stride, image_hw[1] // mc.output_stride)
-    return make_member_step(HeatmapNet(mc, k), tc.optimizer(), tc, hw, mc.output_stride)
 
 
 @functools.lru_cache(maxsize=16)
@@ -368,10 +350,9 @@ def _init_each(init_one: Callable, keys: np.ndarray) -> list:
 _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
 
 
-@functools.lru_cache(maxsize=64)
-def _runner(strategy: strategies.Strategy, member_step: Callable, spp: int, m: int,
-            per_program: int, mesh: Any, paths: str) -> strategies.Runner:
-    return strategies.Runner(strategy, member_step, spp, m, per_program, mesh, paths)
+# One Runner (and its compiled programs) per strategy, step, program length, members,
+# group size, mesh and backend paths.
+_runner = functools.lru_cache(maxsize=64)(strategies.Runner)
 
 
 def _progress(total: int, members: int, initial: int, enabled: bool):
