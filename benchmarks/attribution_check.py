@@ -264,6 +264,7 @@ def _retrain(a, best, effects_at_max, result, est, n, k, noise, S, R, train, tes
     rmasks = np.asarray(rmasks)
     rtc = TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr,
                       seed=a.seed + 1000, crn=crn)
+    ec = ExecConfig(strategy=a.strategy, chunk_size=min(steps, 100))
     t_re = time.perf_counter()
     rres = EnsembleTrainer(mc, rtc, ec).fit(train, rmasks, progress=not a.quick,
                                         block_ids=np.asarray(block_of) if crn else None)

@@ -443,6 +443,13 @@ class Run:
         z = self._data
         return z["train_threshold_mask"].astype(bool) if "train_threshold_mask" in z else None
 
+    @property
+    def threshold_kind(self) -> np.ndarray | None:
+        """int8 [n_train, K]: each threshold sample's kind (analysis/threshold.KINDS, 0 =
+        none), None for runs that recorded no kinds."""
+        z = self._data
+        return z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
+
     @functools.cached_property
     def predictions(self) -> dict[str, np.ndarray]:
         return eio.load_npz(self.path / "predictions.npz")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from ensemble_jax import io as eio
@@ -409,13 +410,13 @@ def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
                    "test": sharding.predict_gathered(result, test.images)}
     if not primary:
         sharding.barrier("ensemble_jax.sweep.done")
-        return {"members": result.n_members, "process_index": sharding.process_index()}
+        return {"members": result.n_members, "process_index": jax.process_index()}
     summary = write_results(out, result, train, test, prep.layout,
                             prep.config["sweep"]["pck_radius"], predictions=predictions)
     rd.record(*[n for n in ("params.msgpack", "training.npz", "predictions.npz",
                             "learning_curve.png") if (out / n).exists()])
     summary["scale_out"] = {"devices": 1 if prep.mesh is None else sharding.n_shards(prep.mesh),
-                            "processes": sharding.process_count(),
+                            "processes": jax.process_count(),
                             "waves": [list(w) for w in prep.plan.waves]}
     summary["excluded_members"] = [{"member": int(m), "reason": "no labeled frame in its subset"}
                                    for m in prep.unlabeled_members]

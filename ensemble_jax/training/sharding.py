@@ -177,23 +177,9 @@ def gather_blocks(block: Any, m: int) -> Any:
         return block
     from jax.experimental import multihost_utils
     share = math.ceil(m / jax.process_count())
-
-    def pad(x):
-        x = np.asarray(x)
-        if x.shape[0] < share:
-            fill = np.zeros((share - x.shape[0],) + x.shape[1:], x.dtype)
-            x = np.concatenate([x, fill])
-        return x
+    pad = lambda x: np.pad(np.asarray(x), [(0, share - len(x))] + [(0, 0)] * (np.ndim(x) - 1))
     stacked = multihost_utils.process_allgather(tree_map(pad, block), tiled=False)
     return tree_map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])[:m], stacked)
-
-
-def process_index() -> int:
-    return jax.process_index()
-
-
-def process_count() -> int:
-    return jax.process_count()
 
 
 def predict_gathered(result: Any, images: np.ndarray) -> Any:
