@@ -49,7 +49,7 @@ def run_inputs(run: Path, case: str, seed: int) -> dict:
     members = np.flatnonzero(alive)
     rep = aum_lib.aum_report(r.training["aum_sum"], r.training["aum_count"], alive,
                              r.threshold_mask)
-    kind = sus.threshold_frames(np.asarray(r._data["train_threshold_kind"]))
+    kind = sus.threshold_frames(r.threshold_kind)
     pred = sus.oob_prediction(r.predictions["train_keypoints"][members],
                               r.masks[members])
     ids = [str(f) for f in r.train.frame_ids]
