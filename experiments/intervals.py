@@ -41,12 +41,16 @@ def resolved(iv: dict) -> bool:
     return bool(math.isfinite(lo) and math.isfinite(hi) and (hi < 0 or lo > 0))
 
 
-def units_needed(iv: dict, alpha: float = FAMILY_ALPHA) -> int | None:
-    """Units for the interval's half-width to fall below |mean| at the measured SD (normal
-    approximation: (z sd / |mean|)^2, at least 2); None when mean or SD are not finite."""
+def units_needed(iv: dict, alpha: float = FAMILY_ALPHA, limit: int = 100_000) -> int | None:
+    """The fewest units whose t interval at the measured SD would be narrower than |mean|
+    (t_{1-alpha/2, U-1} sd / sqrt(U) < |mean|); None when mean or SD are not finite or
+    more than `limit` would be needed."""
     from scipy import stats
     m, sd = abs(iv["mean"]), iv["sd"]
     if not (math.isfinite(m) and math.isfinite(sd)) or m == 0:
         return None
     z = float(stats.norm.ppf(1 - alpha / 2))
-    return max(2, int(math.ceil((z * sd / m) ** 2)))
+    u = max(2, int(math.ceil((z * sd / m) ** 2)))      # normal approximation, then t
+    while u <= limit and float(stats.t.ppf(1 - alpha / 2, u - 1)) * sd / math.sqrt(u) >= m:
+        u += max(1, u // 20)
+    return u if u <= limit else None
