@@ -53,7 +53,7 @@ def _extra(p):
                    help="synthetic planted label noise: share of frames corrupted (0.2)")
     p.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
     p.add_argument("--replicates", type=int, default=None,
-                   help="paired replicates per arm (default 4; --quick 3)")
+                   help="paired replicates per arm (default 8; --quick 3)")
     p.add_argument("--shrink", type=float, default=0.25,
                    help="target scale of flagged labels in the 'shrink' arm (0.25)")
 
@@ -67,7 +67,7 @@ def configs(args):
         "image_size": args.image_size or (32 if q else 64),
         "noise_rate": args.noise_rate, "test_fraction": 0.2,
         "threshold_fraction": 0.05, "detect_members": 2 if q else 3,
-        "replicates": args.replicates or (3 if q else 4), "shrink": args.shrink,
+        "replicates": args.replicates or (3 if q else 8), "shrink": args.shrink,
         "seed": 2 if args.seed is None else args.seed,
         "curriculum_fractions": [0.5, 0.75, 1.0],
     }
