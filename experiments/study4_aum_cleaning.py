@@ -211,7 +211,8 @@ def conclude(member_err: dict, degenerate: dict, alpha: float = intervals.FAMILY
     level = 1 - a
     method = (f"paired t interval over replicates (same initial weights) of arm minus "
               f"plain test error, {level:.2%} per arm (Bonferroni over {len(compared)} "
-              f"compared arms: 95% for the family); conditional on the test frames")
+              f"compared arm{'s' if len(compared) != 1 else ''}: 95% for the family); "
+              f"conditional on the test frames")
     out = {"best_arm": None, "vs_plain_px": None, "interval": [None, None],
            "resolved": False, "better_than_plain": False, "level": level,
            "method": method, "compared_arms": compared,
