@@ -71,7 +71,7 @@ def _extra(p):
 
 def configs(args):
     from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.training.config import TrainConfig
+    from ensemble_jax.training.config import ExecConfig, TrainConfig
     q = args.quick
     budgets = [float(x) for x in (args.budgets or BUDGETS)]
     if len(budgets) < 3 or budgets[0] != 0 or budgets[-1] != 1 or \
@@ -89,11 +89,10 @@ def configs(args):
            "image_size": args.image_size or (32 if q else 64), "budgets": budgets,
            "seed": 0 if args.seed is None else args.seed}
     model = ModelConfig(widths=(8, 16, 32), head_width=16)
-    # execution settings (strategy, chunk_size) are set here only
+    # execution settings (ExecConfig: strategy, chunk_size) are set here only
     train = TrainConfig(steps=args.steps or (40 if q else 200), batch_size=8,
-                        learning_rate=3e-3, strategy="sequential",
-                        chunk_size=40 if q else 100, seed=cfg["seed"], track_aum=False)
-    return cfg, model, train
+                        learning_rate=3e-3, seed=cfg["seed"], track_aum=False)
+    return cfg, model, train, ExecConfig(strategy="sequential", chunk_size=40 if q else 100)
 
 
 def load(args, cfg):
@@ -291,7 +290,7 @@ def main(argv=None) -> dict:
     log = print
     t0 = time.perf_counter()
     out = common.study_dir(args, NAME)
-    cfg, model, tc = configs(args)
+    cfg, model, tc, run = configs(args)
     data, base_cand, pool_cand, test_idx, desc = load(args, cfg)
     test = data.take(test_idx)
     n = data.n_frames
@@ -316,7 +315,7 @@ def main(argv=None) -> dict:
             c = np.zeros(n, np.int64)
             np.add.at(c, rng.choice(b, b.size, replace=True), 1)
             masks1.append(c)
-    trainer = EnsembleTrainer(model, tc)
+    trainer = EnsembleTrainer(model, tc, run)
     scorer = trainer.fit(data, np.stack(masks1), progress=not args.quiet, log=log)
     t_score_fit = time.perf_counter() - t0
 
@@ -329,8 +328,8 @@ def main(argv=None) -> dict:
     R, budgets = cfg["members_per_cell"], cfg["budgets"]
     plan, layout, member_ids = build_plan(orders, base_sets, pools, budgets, R, n)
     t1 = time.perf_counter()
-    res = EnsembleTrainer(model, tc).fit(data, plan, member_ids=member_ids,
-                                         progress=not args.quiet, log=log)
+    res = EnsembleTrainer(model, tc, run).fit(data, plan, member_ids=member_ids,
+                                              progress=not args.quiet, log=log)
     t_fit = time.perf_counter() - t1
     pred = res.predict(test.images)
     err = np.nanmean(common.frame_errors(test.to_original(pred.keypoints),
