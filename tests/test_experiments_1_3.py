@@ -240,3 +240,22 @@ def test_report_embeds_every_figure(studies):
     import html as _html   # each study's stated conclusion is in the report
     for statement in (n1["more_data_hurts"]["statement"], n3["findings"]["statement"]):
         assert _html.escape(statement[:60]) in html or statement[:60] in html
+
+
+@pytest.mark.slow
+def test_study1_equal_epochs_pairs_with_the_shared_sweep(studies):
+    """--budget epochs trains one sweep per fraction on the same nested subsets, seeds and
+    crn blocks: its largest fraction (same steps as the shared sweep) reproduces the shared
+    sweep's members exactly, and smaller fractions get proportionally fewer steps."""
+    out = studies[0]
+    n = _load("study1_more_data").main(["--out", str(out), "--quick", "--quiet",
+                                        "--budget", "epochs"])
+    assert n["budget"] == "epochs" and n["steps_per_fraction"] == [20, 40, 60]
+    shared = json.loads((out / "study1_more_data" / "numbers.json").read_text())
+    for s in n["seeds"]:
+        assert n["member_test_error_px"][f"0.9/seed{s}"] == pytest.approx(
+            shared["member_test_error_px"][f"0.9/seed{s}"], abs=1e-6)
+    ep = n["epochs_per_member"]
+    vals = [ep[f"{f:g}/seed{s}"] for f in n["fractions"] for s in n["seeds"]]
+    assert max(vals) / min(vals) < 1.1
+    assert "resolved" in n["more_data_hurts"]
