@@ -173,12 +173,36 @@ def _collect(args, log=print):
             [train.steps] * len(run.fractions), run
     runs = {}
     steps = epochs_steps(train.steps, fracs)
+    shared = _finished_shared_sweep(args)
     for f, n in zip(fracs, steps):
+        if shared is not None and n == train.steps:
+            # the largest fraction keeps the shared sweep's steps: same subsets, seeds,
+            # crn blocks and steps, so its members are the shared sweep's (tests check it)
+            runs[f] = shared
+            log(f"fraction {f:g}: {n} steps, the shared sweep's members ({shared.path})")
+            continue
         d = common.ensure_sweep(args, f"study1_epochs_f{f:g}", log=log, fractions=(f,),
                                 train_overrides={"crn": True, "steps": n})
         runs[f] = common.load_run(d)
     base = runs[fracs[-1]]
     return runs, fracs, sorted({int(s) for r in runs.values() for s in r.seeds}), steps, base
+
+
+def _finished_shared_sweep(args):
+    """OUT/sweep as a Run when it is finished with the configuration studies 1-2 ask for."""
+    import json
+    from ensemble_jax import rundir
+    run = Path(args.out) / "sweep"
+    if not ((run / "summary.json").is_file() and (run / "config.json").is_file()):
+        return None
+    want = common._config_dict(*common.sweep_configs(args, **common.PAIRED_NESTED))
+    try:
+        have = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if rundir.config_diff({k: have.get(k) for k in want}, want):
+        return None
+    return common.load_run(run)
 
 
 def main(argv=None) -> dict:

@@ -245,16 +245,25 @@ def test_report_embeds_every_figure(studies):
 @pytest.mark.slow
 def test_study1_equal_epochs_pairs_with_the_shared_sweep(studies):
     """--budget epochs trains one sweep per fraction on the same nested subsets, seeds and
-    crn blocks: its largest fraction (same steps as the shared sweep) reproduces the shared
-    sweep's members exactly, and smaller fractions get proportionally fewer steps."""
+    crn blocks, proportionally fewer steps for smaller fractions; the largest fraction keeps
+    the shared sweep's steps and so reuses its members. That they are the same training:
+    a fresh folder trains the largest fraction itself and gets the same errors."""
     out = studies[0]
+    fresh = _load("study1_more_data").main(["--out", str(out / "fresh"), "--quick", "--quiet",
+                                            "--budget", "epochs"])
+    assert fresh["runs"]["0.9"] == str(out / "fresh" / "study1_epochs_f0.9")
     n = _load("study1_more_data").main(["--out", str(out), "--quick", "--quiet",
                                         "--budget", "epochs"])
     assert n["budget"] == "epochs" and n["steps_per_fraction"] == [20, 40, 60]
+    assert n["runs"]["0.9"] == str(out / "sweep")     # reused: same members (checked below)
+    assert (out / "study1_epochs_f0.3").is_dir() and not (out / "study1_epochs_f0.9").exists()
     shared = json.loads((out / "study1_more_data" / "numbers.json").read_text())
     for s in n["seeds"]:
-        assert n["member_test_error_px"][f"0.9/seed{s}"] == pytest.approx(
-            shared["member_test_error_px"][f"0.9/seed{s}"], abs=1e-6)
+        for f in n["fractions"]:
+            assert fresh["member_test_error_px"][f"{f:g}/seed{s}"] == pytest.approx(
+                n["member_test_error_px"][f"{f:g}/seed{s}"], abs=1e-5)
+        assert fresh["member_test_error_px"][f"0.9/seed{s}"] == pytest.approx(
+            shared["member_test_error_px"][f"0.9/seed{s}"], abs=1e-5)
     ep = n["epochs_per_member"]
     vals = [ep[f"{f:g}/seed{s}"] for f in n["fractions"] for s in n["seeds"]]
     assert max(vals) / min(vals) < 1.1
