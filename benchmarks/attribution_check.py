@@ -55,7 +55,7 @@ from ensemble_jax.analysis import metrics  # noqa: E402
 from ensemble_jax.analysis.analyze import member_outputs  # noqa: E402
 from ensemble_jax.data.synthetic import synthetic_dataset_with_truth  # noqa: E402
 from ensemble_jax.models.heatmap_net import ModelConfig  # noqa: E402
-from ensemble_jax.training.config import STRATEGIES, TrainConfig  # noqa: E402
+from ensemble_jax.training.config import STRATEGIES, ExecConfig, TrainConfig  # noqa: E402
 from ensemble_jax.training.trainer import EnsembleTrainer  # noqa: E402
 from ensemble_jax.training.waves import fit_waves, plan_waves  # noqa: E402
 
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     noise = train.noise_mask.any(1)
     mc = ModelConfig(widths=(8, 16, 32), head_width=16)
     tc = TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr,
-                     strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed, crn=crn)
+                     seed=a.seed, crn=crn)
+    ec = ExecConfig(strategy=a.strategy, chunk_size=min(steps, 100))
     M = max(sizes)
     draw = (lambda m, s: plans.random_subsets(n, m, 0.5, s, allow_duplicates=True)) \
         if a.plan == "random" else (lambda m, s: plans.banzhaf_subsets(n, m, s))
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
           f"{int(noise.sum())} frames with planted label noise; {M} + {V} members, plan "
           f"{a.plan}, design {a.design}, {steps} steps of batch {a.batch_size}", file=sys.stderr, flush=True)
     t_train = time.perf_counter()
-    result = fit_waves(EnsembleTrainer(mc, tc), train, masks,
+    result = fit_waves(EnsembleTrainer(mc, tc, ec), train, masks,
                        plan_waves(len(masks), members_per_wave=a.members_per_wave),
                        progress=not q)
     train_s = time.perf_counter() - t_train
@@ -262,10 +263,10 @@ def _retrain(a, best, effects_at_max, result, est, n, k, noise, S, R, train, tes
                 seed_of.append(s)
     rmasks = np.asarray(rmasks)
     rtc = TrainConfig(steps=steps, batch_size=a.batch_size, learning_rate=a.lr,
-                      strategy=a.strategy, chunk_size=min(steps, 100), seed=a.seed + 1000,
-                      crn=crn)
+                      seed=a.seed + 1000, crn=crn)
+    ec = ExecConfig(strategy=a.strategy, chunk_size=min(steps, 100))
     t_re = time.perf_counter()
-    rres = EnsembleTrainer(mc, rtc).fit(train, rmasks, progress=not a.quick,
+    rres = EnsembleTrainer(mc, rtc, ec).fit(train, rmasks, progress=not a.quick,
                                         block_ids=np.asarray(block_of) if crn else None)
     retrain_s = time.perf_counter() - t_re
     rerr = np.nanmean(member_values(rres, np.arange(len(rmasks)), test,

@@ -35,7 +35,7 @@ from ensemble_jax.data.load import load_dataset  # noqa: E402
 from ensemble_jax.training.config import STRATEGIES  # noqa: E402
 from ensemble_jax.models.heatmap_net import ModelConfig  # noqa: E402
 from ensemble_jax.sweep import SweepConfig, run_sweep  # noqa: E402
-from ensemble_jax.training.config import TrainConfig  # noqa: E402
+from ensemble_jax.training.config import ExecConfig, TrainConfig  # noqa: E402
 from ensemble_jax.training.augment import AugmentConfig  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / \
@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                         threshold_fraction=0.05, seed=args.seed)
     model = ModelConfig(widths=(16, 32, 64), head_width=32, output_stride=args.stride)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=3e-3,
-                        aum_radius=args.radius, chunk_size=100, seed=args.seed,
-                        strategy=args.strategy,
+                        aum_radius=args.radius, seed=args.seed,
                         augment=AugmentConfig(enabled=args.augment != "off",
                                               aum_view="clean" if args.augment == "clean"
                                               else "augmented"))
     with tempfile.TemporaryDirectory() as tmp:
         if args.run_dir:
             tmp = args.run_dir
-        run_sweep(tmp, sweep, model, train, dataset=data, progress=not args.quick,
+        run_sweep(tmp, sweep, model, train,
+                  ExecConfig(chunk_size=100, strategy=args.strategy), dataset=data, progress=not args.quick,
                   log=lambda m: None)
         t_train = time.perf_counter() - t0
         a = analyze(tmp, progress=False, log=lambda m: None)["aum"]

@@ -50,7 +50,7 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, io as eio
+    from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, io as eio
     from ensemble_jax import synthetic_dataset
     from ensemble_jax.analysis.metrics import mean_error, mean_pose_baseline, pixel_errors
     from ensemble_jax.subsets import random_subsets
@@ -61,7 +61,8 @@ def main() -> None:
     data = synthetic_dataset(args.frames, seed=args.seed)
     train, test = data.split(0.2, seed=args.seed)
     masks = random_subsets(train.n_frames, args.members, args.fraction, seed=args.seed)
-    tc = TrainConfig(steps=args.steps, strategy=args.strategy, seed=args.seed)
+    tc = TrainConfig(steps=args.steps, seed=args.seed)
+    ec = ExecConfig(strategy=args.strategy)
     rows = {}
     runs = [(name, name, tc) for name in args.dtypes.split(",")]
     if not args.no_reference_seed:
@@ -70,7 +71,7 @@ def main() -> None:
                      dataclasses.replace(tc, seed=args.seed + 1)))
     for label, name, cfg in runs:
         t0 = time.perf_counter()
-        res = EnsembleTrainer(ModelConfig(dtype=name), cfg).fit(train, masks, progress=False)
+        res = EnsembleTrainer(ModelConfig(dtype=name), cfg, ec).fit(train, masks, progress=False)
         wall = time.perf_counter() - t0
         pred = res.predict(test.images)
         err = pixel_errors(pred.keypoints, test.keypoints[None])         # [M, B, K]

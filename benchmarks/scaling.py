@@ -45,7 +45,8 @@ def devices_for(d: int, backend: str, local_devices: list) -> tuple[list | None,
 def worker(args) -> None:
     import jax
     import numpy as np
-    from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+    from ensemble_jax import (EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig,
+                              synthetic_dataset)
     from ensemble_jax.subsets import random_subsets
     from ensemble_jax.training import sharding
 
@@ -59,9 +60,8 @@ def worker(args) -> None:
         print(json.dumps({"devices": d, "backend": backend, "skipped": why}))
         return
     mesh = sharding.make_mesh(devices=devices) if d > 1 else None
-    tc = TrainConfig(steps=args.steps + 1, batch_size=args.batch_size, chunk_size=1,
-                     strategy=args.strategy, schedule="constant")
-    trainer = EnsembleTrainer(model, tc)
+    tc = TrainConfig(steps=args.steps + 1, batch_size=args.batch_size, schedule="constant")
+    trainer = EnsembleTrainer(model, tc, ExecConfig(chunk_size=1, strategy=args.strategy))
     # Compile + 1 step, then the timed steps: fit() reports its own train_s, but the
     # first chunk includes compilation, so time a second fit that reuses the programs.
     t0 = time.perf_counter()

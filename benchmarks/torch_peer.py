@@ -220,7 +220,7 @@ def main() -> None:
     p.add_argument("--members", default="4,16")
     p.add_argument("--jax-strategies", default="sequential,unrolled,vmap,vmap_matmul")
     p.add_argument("--groups", default=None,
-                   help="members per JAX 'unrolled' program, comma list (default: TrainConfig's)")
+                   help="members per JAX 'unrolled' program, comma list (default: ExecConfig's)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best counts)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -231,7 +231,7 @@ def main() -> None:
     os.environ["ENSEMBLE_JAX_CACHE"] = tempfile.mkdtemp(prefix="ensemble_jax_bench_")
 
     import jax
-    from ensemble_jax import ModelConfig, TrainConfig, io as eio, synthetic_dataset
+    from ensemble_jax import ExecConfig, ModelConfig, TrainConfig, io as eio, synthetic_dataset
     from ensemble_jax.subsets import random_subsets
     from ensemble_jax.training import strategies
     from ensemble_jax.training import trainer as trainer_mod
@@ -239,13 +239,14 @@ def main() -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mc = ModelConfig()
     tc = TrainConfig(batch_size=args.batch_size, steps=1000, track_aum=False)
-    groups = [int(g) for g in args.groups.split(",")] if args.groups else [tc.members_per_program]
+    ec = ExecConfig()
+    groups = [int(g) for g in args.groups.split(",")] if args.groups else [ec.members_per_program]
     data = synthetic_dataset(256, image_size=args.image_size, seed=0)
     stride = mc.output_stride
     images = torch.from_numpy(np.asarray(data.images)).to(device)
     keypoints = torch.from_numpy(np.asarray(data.keypoints, np.float32)).to(device)
     from ensemble_jax.training.backend import path_backend
-    spp = strategies.default_steps_per_program(path_backend(), tc.chunk_size)
+    spp = strategies.default_steps_per_program(path_backend(), ec.chunk_size)
     rows = []
     for n in [int(x) for x in args.members.split(",")]:
         masks = random_subsets(data.n_frames, n, 0.5, seed=0, allow_duplicates=True)
@@ -258,7 +259,7 @@ def main() -> None:
                 if (n == 1 and name != "sequential") or (g is not None and g > n):
                     continue
                 col = f"jax {name}" if g is None else f"jax unrolled/g{g}"
-                runners[col] = trainer.runner(setup, name, g or tc.members_per_program)
+                runners[col] = trainer.runner(setup, name, g or ec.members_per_program)
         # Each member of both torch variants starts from its JAX member's initial weights.
         inits = [load_flax_params(TorchHeatmapNet(mc.widths, mc.convs_per_stage, stride,
                                                   mc.head_width, data.n_keypoints),

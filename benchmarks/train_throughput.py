@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--members", default="1,4,16,32,64")
     p.add_argument("--strategies", default="sequential,unrolled,vmap,vmap_matmul")
     p.add_argument("--groups", default=None,
-                   help="comma list of members per 'unrolled' program (default: TrainConfig's)")
+                   help="comma list of members per 'unrolled' program (default: ExecConfig's)")
     p.add_argument("--steps", type=int, default=4, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved timing rounds per strategy (best round counts)")
@@ -184,16 +184,16 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     from ensemble_jax import io as eio
-    from ensemble_jax import TrainConfig
+    from ensemble_jax import ExecConfig
     from ensemble_jax.training import sharding, strategies
     from ensemble_jax.training.backend import path_backend
 
     members = [1, 4] if args.quick else [int(x) for x in args.members.split(",")]
     names = args.strategies.split(",")
-    default_group = TrainConfig().members_per_program
+    default_group = ExecConfig().members_per_program
     groups = [int(g) for g in args.groups.split(",")] if args.groups else [default_group]
     backend = jax.default_backend()
-    spp = strategies.default_steps_per_program(path_backend(), TrainConfig().chunk_size)
+    spp = strategies.default_steps_per_program(path_backend(), ExecConfig().chunk_size)
     ceil32 = matmul_ceiling(jnp.float32)
     ceil16 = matmul_ceiling(jnp.bfloat16)
     headroom = None

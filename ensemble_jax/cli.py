@@ -213,8 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sweep_configs(args: argparse.Namespace):
-    from ensemble_jax.presets import preset
-    sweep, model, train = preset("smoke" if args.smoke else "default")
+    """(SweepConfig, ModelConfig, TrainConfig, ExecConfig) of the sweep's arguments."""
+    from ensemble_jax.presets import execution, preset
+    name = "smoke" if args.smoke else "default"
+    sweep, model, train = preset(name)
     def pick(**kw):
         return {k: v for k, v in kw.items() if v is not None}
     sweep = dataclasses.replace(sweep, **pick(
@@ -239,16 +241,17 @@ def sweep_configs(args: argparse.Namespace):
         init_weights=getattr(args, "init_weights", None)))
     train = _accuracy_options(args, train)
     train = dataclasses.replace(train, **pick(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-        strategy=args.strategy, chunk_size=args.chunk_size,
-        checkpoint_every=args.checkpoint_every, seed=args.seed,
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         deterministic=True if getattr(args, "deterministic", False) else None))
+    run = dataclasses.replace(execution(name), **pick(
+        strategy=args.strategy, chunk_size=args.chunk_size,
+        checkpoint_every=args.checkpoint_every))
     if getattr(args, "crn", False):      # training/crn.py; recorded in config.json's train
         if sweep.plan == "bootstrap":
             raise ValueError("--crn: the coherent sampler cannot weight bootstrap counts; "
                              "use --plan random, banzhaf or nested")
         train = dataclasses.replace(train, crn=True)
-    return sweep, model, train
+    return sweep, model, train, run
 
 
 def _accuracy_options(args: argparse.Namespace, train):
@@ -304,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             from ensemble_jax.training.sharding import initialize_distributed
             initialize_distributed(args.coordinator, args.num_processes, args.process_id)
             from ensemble_jax.sweep import run_sweep
-            sweep, model, train = sweep_configs(args)
-            run_sweep(args.out, sweep, model, train, resume=args.resume,
+            run_sweep(args.out, *sweep_configs(args), resume=args.resume,
                       overwrite=args.overwrite,
                       progress=not args.quiet, devices=args.devices,
                       members_per_wave=args.members_per_wave,
@@ -354,7 +356,7 @@ _FLAGS = {"n_members": "--members", "n_seeds": "--seeds", "fractions": "--fracti
           "batch_size": "--batch-size", "learning_rate": "--lr", "widths": "--widths",
           "strategy": "--strategy", "chunk_size": "--chunk-size", "seed": "--seed",
           "checkpoint_every": "--checkpoint-every", "plan": "--plan"}
-_API_WORD = re.compile(r"\b(?:(?:SweepConfig|TrainConfig|ModelConfig)\.)?(%s)=(\S*)"
+_API_WORD = re.compile(r"\b(?:(?:SweepConfig|TrainConfig|ExecConfig|ModelConfig)\.)?(%s)=(\S*)"
                        % "|".join(sorted(_FLAGS, key=len, reverse=True)))
 
 

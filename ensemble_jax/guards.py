@@ -56,14 +56,15 @@ def check_scale_arguments(devices: int | None = None, members_per_wave: int | No
                          f"as 800M or 12G")
 
 
-def check_train_config(tc: Any) -> None:
+def check_train_config(tc: Any, ec: Any) -> None:
+    """The train (TrainConfig) and execution (ExecConfig) settings, in command-line words."""
     if not math.isfinite(float(tc.learning_rate)):
         raise ValueError(f"--lr {tc.learning_rate}: must be a finite number > 0")
     if tc.steps > MAX_STEPS:
         raise ValueError(f"--steps {tc.steps}: more than the {MAX_STEPS} steps the step "
                          f"counters hold")
-    if tc.checkpoint_every > tc.steps:
-        raise ValueError(f"--checkpoint-every {tc.checkpoint_every}: more than --steps "
+    if ec.checkpoint_every > tc.steps:
+        raise ValueError(f"--checkpoint-every {ec.checkpoint_every}: more than --steps "
                          f"{tc.steps}; no checkpoint would be written before the end")
 
 

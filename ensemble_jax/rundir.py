@@ -364,6 +364,18 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')} ({a!r} -> {b!r})"]
 
 
+def upgrade_config(config: Any) -> Any:
+    """config.json as this version writes it: runs from before `ExecConfig` kept its fields
+    (strategy, chunk_size, ...) under "train"; they move to "exec", so an older run loads,
+    analyses and compares (`sweep --resume`) like a new one."""
+    from ensemble_jax.training.config import EXEC_FIELDS
+    train = config.get("train") if isinstance(config, dict) else None
+    if not isinstance(train, dict) or "exec" in config or not set(EXEC_FIELDS) & set(train):
+        return config
+    return dict(config, train={k: v for k, v in train.items() if k not in EXEC_FIELDS},
+                exec={k: train[k] for k in EXEC_FIELDS if k in train})
+
+
 def _dataclass_from(cls, d: dict):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in names})
@@ -430,6 +442,13 @@ class Run:
         """bool [n_train, K]: the AUM threshold samples, None for runs from before them."""
         z = self._data
         return z["train_threshold_mask"].astype(bool) if "train_threshold_mask" in z else None
+
+    @property
+    def threshold_kind(self) -> np.ndarray | None:
+        """int8 [n_train, K]: each threshold sample's kind (analysis/threshold.KINDS, 0 =
+        none), None for runs that recorded no kinds."""
+        z = self._data
+        return z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
 
     @functools.cached_property
     def predictions(self) -> dict[str, np.ndarray]:
@@ -512,7 +531,7 @@ def load(run_dir: str | os.PathLike) -> Run:
     """The one reader of a run directory (analyze, sweep --resume, predict, report and the
     experiments): config.json now, every other part on first use."""
     path = Path(run_dir)
-    return Run(path=path, config=load_json(path / "config.json"))
+    return Run(path=path, config=upgrade_config(load_json(path / "config.json")))
 
 
 class RunDir:

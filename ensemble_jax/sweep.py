@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from ensemble_jax import io as eio
@@ -34,7 +35,7 @@ from ensemble_jax.analysis.threshold import make_threshold_samples
 from ensemble_jax.data.auto_size import resolve_auto
 from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import ModelConfig
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 from ensemble_jax.training.result import EnsembleResult, consensus
 from ensemble_jax.training import sharding, waves
 from ensemble_jax.training.trainer import EnsembleTrainer
@@ -168,12 +169,15 @@ def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
 
 @logs.sink
 def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
-              train_cfg: TrainConfig, *, dataset: KeypointDataset | None = None,
+              train_cfg: TrainConfig, exec_cfg: ExecConfig | None = None, *, dataset: KeypointDataset | None = None,
               resume: bool = False, overwrite: bool = False, progress: bool = True,
               lr_scale: Sequence[float] | None = None, devices: int | None = None,
               members_per_wave: int | None = None,
               memory_budget: int | None = None) -> dict:
     """Trains the sweep and writes the run directory. Returns the summary.
+
+    exec_cfg: how the training runs (strategy, chunks, checkpoint cadence; default
+        `ExecConfig()`), recorded in config.json's "exec" and compared on resume.
 
     Scale-out (results equal a one-device, one-wave, one-process run's):
     devices: devices per process to shard the members over (default: all of them, at most
@@ -205,20 +209,18 @@ def run_sweep(out_dir: str | Path, cfg: SweepConfig, model_cfg: ModelConfig,
         _check_target(out, rundir.state(out), resume=resume, overwrite=overwrite)
     scale = {"devices": devices, "members_per_wave": members_per_wave,
              "memory_budget": memory_budget}
-    prep = prepare(cfg, model_cfg, train_cfg, dataset=dataset, lr_scale=lr_scale,
+    prep = prepare(cfg, model_cfg, train_cfg, exec_cfg, dataset=dataset, lr_scale=lr_scale,
                    scale=scale)
     if not primary:   # process 0 checks and writes; the others wait for it
         sharding.barrier("ensemble_jax.sweep.setup")
-        return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
-                                progress=progress)
+        return _train_and_write(out, prep, resume=resume, progress=progress)
     if overwrite and rundir.state(out) == "ours":
         rundir.move_aside(out)
     out.mkdir(parents=True, exist_ok=True)
     with runlock.locked(out, "sweep"):
         rd = _open_for_sweep(out, prep, resume=resume, overwrite=overwrite)
         sharding.barrier("ensemble_jax.sweep.setup")
-        return _train_and_write(out, prep, prep.model_cfg, prep.train_cfg, resume=resume,
-                                progress=progress, rd=rd)
+        return _train_and_write(out, prep, resume=resume, progress=progress, rd=rd)
 
 
 @dataclasses.dataclass
@@ -239,6 +241,7 @@ class Prepared:
     t0: float
     model_cfg: ModelConfig        # with the settings chosen from the data (data/auto_size.py)
     train_cfg: TrainConfig
+    exec_cfg: ExecConfig
 
 
 def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> None:
@@ -261,15 +264,17 @@ def _check_target(out: Path, state: str, *, resume: bool, overwrite: bool) -> No
                 f"{out.name}.old-<time>) and start a new one")
 
 
-def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
+def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
+            exec_cfg: ExecConfig | None = None, *,
             dataset: KeypointDataset | None = None, lr_scale: Sequence[float] | None = None,
             scale: dict | None = None) -> Prepared:
     """Loads and checks the data, the plan and the resources (`guards`); writes nothing."""
     from ensemble_jax import guards
     t0 = time.perf_counter()
     scale = dict(scale or {})
+    exec_cfg = exec_cfg or ExecConfig()
     guards.check_scale_arguments(**scale)
-    guards.check_train_config(train_cfg)
+    guards.check_train_config(train_cfg, exec_cfg)
     data = dataset if dataset is not None else load_data(cfg, model_cfg.input_multiple)
     guards.check_labels(data)
     train, test = data.split(cfg.test_fraction, seed=cfg.seed)
@@ -301,7 +306,7 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
     warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
-              "members": int(masks.shape[0]), "layout": layout}
+              "exec": dataclasses.asdict(exec_cfg), "members": int(masks.shape[0]), "layout": layout}
     if auto:
         config["auto"] = auto
     if train_cfg.crn and cfg.plan == "nested":
@@ -315,12 +320,13 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, *,
                              f"got shape {lr_scale.shape}")
         config["lr_scale"] = lr_scale.tolist()
     scale["devices"] = guards.devices_for(masks.shape[0], scale.get("devices"))
-    mesh, plan = scale_out_plan(masks.shape[0], model_cfg, train_cfg, train, **scale)
+    mesh, plan = scale_out_plan(masks.shape[0], model_cfg, train_cfg, train,
+                                strategy=exec_cfg.strategy, **scale)
     return Prepared(train=train, test=test, threshold_mask=threshold_mask, masks=masks,
                     layout=layout, config=config,
                     fingerprint=rundir.data_fingerprint(train, test), mesh=mesh, plan=plan,
                     lr_scale=lr_scale, warnings=warnings, unlabeled_members=unlabeled, t0=t0,
-                    model_cfg=model_cfg, train_cfg=train_cfg)
+                    model_cfg=model_cfg, train_cfg=train_cfg, exec_cfg=exec_cfg)
 
 
 def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool
@@ -334,7 +340,7 @@ def _open_for_sweep(out: Path, prep: Prepared, *, resume: bool, overwrite: bool
     ckpt_dir = out / "checkpoints"
     if state == "ours":
         manifest = rundir.read_manifest(out)
-        old = _read_config(config_path)
+        old = _read_config(config_path)      # older runs: exec fields under "train"
         diff = rundir.config_diff(old, prep.config) if old is not None else []
         has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
         if resume:
@@ -384,17 +390,16 @@ def _read_config(path: Path) -> dict | None:
                          f"--overwrite to move this run aside") from e
     if not isinstance(old, dict):
         raise ValueError(f"{path}: not a configuration (a JSON object); damaged")
-    return old
+    return rundir.upgrade_config(old)
 
 
-def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
-                     train_cfg: TrainConfig, *, resume: bool, progress: bool,
+def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
                      rd: "rundir.RunDir | None" = None) -> dict:
     primary = rd is not None
     masks, train, test = prep.masks, prep.train, prep.test
     logs.info(f"plan: {prep.config['sweep']['plan']}, {masks.shape[0]} members, subset sizes "
               f"{int(masks.sum(1).min())}..{int(masks.sum(1).max())} frames")
-    trainer = EnsembleTrainer(model_cfg, train_cfg)
+    trainer = EnsembleTrainer(prep.model_cfg, prep.train_cfg, prep.exec_cfg)
     logs.info(prep.plan.describe())
     result = waves.fit_waves(trainer, train, masks, prep.plan,
                              checkpoint_dir=out / "checkpoints", resume=resume,
@@ -409,13 +414,13 @@ def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
                    "test": sharding.predict_gathered(result, test.images)}
     if not primary:
         sharding.barrier("ensemble_jax.sweep.done")
-        return {"members": result.n_members, "process_index": sharding.process_index()}
+        return {"members": result.n_members, "process_index": jax.process_index()}
     summary = write_results(out, result, train, test, prep.layout,
                             prep.config["sweep"]["pck_radius"], predictions=predictions)
     rd.record(*[n for n in ("params.msgpack", "training.npz", "predictions.npz",
                             "learning_curve.png") if (out / n).exists()])
     summary["scale_out"] = {"devices": 1 if prep.mesh is None else sharding.n_shards(prep.mesh),
-                            "processes": sharding.process_count(),
+                            "processes": jax.process_count(),
                             "waves": [list(w) for w in prep.plan.waves]}
     summary["excluded_members"] = [{"member": int(m), "reason": "no labeled frame in its subset"}
                                    for m in prep.unlabeled_members]
@@ -438,7 +443,8 @@ def _train_and_write(out: Path, prep: Prepared, model_cfg: ModelConfig,
 
 def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
                    train: KeypointDataset, *, devices: int | None = None,
-                   members_per_wave: int | None = None, memory_budget: int | None = None):
+                   members_per_wave: int | None = None, memory_budget: int | None = None,
+                   strategy: str = "auto"):
     """(mesh or None, wave plan) for a sweep: a mesh over `devices` per process (all by
     default) when that is more than one device in all; waves from `members_per_wave`, or
     from a per-device memory budget (given, or the device's own limit)."""
@@ -451,7 +457,8 @@ def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfi
         memory_budget, source, warning = waves.default_memory_budget()
     per_member = fixed = None
     if memory_budget is not None and members_per_wave is None:
-        per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train)
+        per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train,
+                                                 strategy=strategy)
         fixed = int(train.images.nbytes + train.keypoints.nbytes)
     plan = waves.plan_waves(n_members, n_devices=n_dev, members_per_wave=members_per_wave,
                             memory_budget=memory_budget, per_member_bytes=per_member,

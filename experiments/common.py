@@ -153,7 +153,7 @@ def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
     resume = False
     if cfg_path.is_file():
         try:
-            have = json.loads(cfg_path.read_text())
+            have = rundir.upgrade_config(json.loads(cfg_path.read_text()))
         except (OSError, json.JSONDecodeError):
             have = None
         same = have is not None and not rundir.config_diff({k: have.get(k) for k in want},
@@ -168,7 +168,9 @@ def ensure_sweep(args: argparse.Namespace, name: str = "sweep", *,
             log(f"{run}: holds a sweep with another configuration; training anew")
     t0 = time.perf_counter()
     # a sweep of another configuration there is moved aside (OUT/<name>.old-<time>)
-    run_sweep(run, sweep, model, train, resume=resume,
+    from ensemble_jax.presets import execution
+    run_sweep(run, sweep, model, train, execution("quick" if args.quick else "default"),
+              resume=resume,
               overwrite=cfg_path.is_file() and not resume,
               progress=not getattr(args, "quiet", False), log=log)
     log(f"trained the sweep in {time.perf_counter() - t0:.0f} s -> {run}")

@@ -51,7 +51,7 @@ def _extra(p):
 
 def configs(args):
     from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.training.config import TrainConfig
+    from ensemble_jax.training.config import ExecConfig, TrainConfig
     q = args.quick
     cfg = {
         "frames": args.frames or (96 if q else 300),
@@ -64,9 +64,8 @@ def configs(args):
     }
     model = ModelConfig(widths=(8, 16, 32), head_width=16)
     train = TrainConfig(steps=args.steps or (60 if q else 600), batch_size=8,
-                        learning_rate=3e-3, strategy="sequential",
-                        chunk_size=60 if q else 100, seed=cfg["seed"])
-    return cfg, model, train
+                        learning_rate=3e-3, seed=cfg["seed"])
+    return cfg, model, train, ExecConfig(strategy="sequential", chunk_size=60 if q else 100)
 
 
 def load(args, cfg):
@@ -169,7 +168,7 @@ def main(argv=None) -> dict:
     log = print
     t0 = time.perf_counter()
     out = common.study_dir(args, NAME)
-    cfg, model, tc = configs(args)
+    cfg, model, tc, run = configs(args)
     train, test, truth, train_truth = load(args, cfg)
     synthetic = train_truth is not None
     n, k = train.n_frames, train.n_keypoints
@@ -180,7 +179,7 @@ def main(argv=None) -> dict:
     kp_thr, thr = inject_threshold_samples(train.keypoints, train.images.shape[1:3],
                                            cfg["threshold_fraction"], cfg["seed"])
     det_train = dataclasses.replace(train, keypoints=kp_thr)
-    trainer = EnsembleTrainer(model, tc)
+    trainer = EnsembleTrainer(model, tc, run)
     det = trainer.fit(det_train, np.ones((cfg["detect_members"], n), bool),
                       progress=not args.quiet, log=log)
     t_det = time.perf_counter() - t0
@@ -249,7 +248,7 @@ def main(argv=None) -> dict:
                                   cfg["curriculum_fractions"], cfg["shrink"],
                                   cfg["replicates"])
     t1 = time.perf_counter()
-    res = fit_staged(EnsembleTrainer(model, tc), big, stages, member_ids=100 + reps,
+    res = fit_staged(EnsembleTrainer(model, tc, run), big, stages, member_ids=100 + reps,
                      progress=not args.quiet, log=log)
     t_arms = time.perf_counter() - t1
     pred = res.predict(test.images)

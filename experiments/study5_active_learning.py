@@ -56,7 +56,7 @@ def _extra(p):
 
 def configs(args):
     from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.training.config import TrainConfig
+    from ensemble_jax.training.config import ExecConfig, TrainConfig
     q = args.quick
     cfg = {"shuffles": args.shuffles, "base": args.base or (16 if q else 60),
            "pool": args.pool or (16 if q else 80), "test": args.test or (12 if q else 60),
@@ -65,9 +65,8 @@ def configs(args):
            "seed": 0 if args.seed is None else args.seed}
     model = ModelConfig(widths=(8, 16, 32), head_width=16)
     train = TrainConfig(steps=args.steps or (40 if q else 200), batch_size=8,
-                        learning_rate=3e-3, strategy="sequential",
-                        chunk_size=40 if q else 100, seed=cfg["seed"])
-    return cfg, model, train
+                        learning_rate=3e-3, seed=cfg["seed"])
+    return cfg, model, train, ExecConfig(strategy="sequential", chunk_size=40 if q else 100)
 
 
 def load(args, cfg):
@@ -140,7 +139,7 @@ def main(argv=None) -> dict:
     log = print
     t0 = time.perf_counter()
     out = common.study_dir(args, NAME)
-    cfg, model, tc = configs(args)
+    cfg, model, tc, run = configs(args)
     data, base_cand, pool_cand, test_idx, desc = load(args, cfg)
     test = data.take(test_idx)
     n = data.n_frames
@@ -165,7 +164,7 @@ def main(argv=None) -> dict:
             c = np.zeros(n, np.int64)
             np.add.at(c, rng.choice(b, b.size, replace=True), 1)
             masks1.append(c)
-    trainer = EnsembleTrainer(model, dataclasses.replace(tc, track_aum=False))
+    trainer = EnsembleTrainer(model, dataclasses.replace(tc, track_aum=False), run)
     scorer = trainer.fit(data, np.stack(masks1), progress=not args.quiet, log=log)
     t_score_fit = time.perf_counter() - t0
 
@@ -188,7 +187,7 @@ def main(argv=None) -> dict:
                 layout.append((s, strat, bud, int(take.size)))
     t1 = time.perf_counter()
     member_ids = np.array([1000 + s for s, *_ in layout])   # same init within a shuffle
-    res = EnsembleTrainer(model, dataclasses.replace(tc, track_aum=False)).fit(
+    res = EnsembleTrainer(model, dataclasses.replace(tc, track_aum=False), run).fit(
         data, np.stack(plan), member_ids=member_ids, progress=not args.quiet, log=log)
     t_fit = time.perf_counter() - t1
     pred = res.predict(test.images)

@@ -8,6 +8,7 @@ path; and `auto`'s probe at the default step count with a compile counter.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import sys
@@ -20,7 +21,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset  # noqa: E402
+from ensemble_jax import (EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig,  # noqa: E402
+                          synthetic_dataset)
 from ensemble_jax.subsets import random_subsets  # noqa: E402
 from ensemble_jax.training import backend, sharding, strategies  # noqa: E402
 from ensemble_jax.training.step import make_train  # noqa: E402
@@ -30,7 +32,8 @@ from ensemble_jax.training.trainer import member_inputs  # noqa: E402
 TINY = ModelConfig(widths=(4,), head_width=4, output_stride=2)
 STRATEGIES = ("sequential", "unrolled", "vmap", "vmap_matmul")
 # Small fits on the CPU path (tests/test_accelerator_paths.py shares their programs).
-REPEAT = {"steps": 4, "batch_size": 8, "chunk_size": 4}
+REPEAT = {"steps": 4, "batch_size": 8}
+REPEAT_EXEC = ExecConfig(chunk_size=4)
 RUN = 6    # steps run of the 400 of the default schedule: one chunk shorter than a program
 
 compiles: collections.Counter = collections.Counter()
@@ -69,9 +72,10 @@ def main(out: Path) -> None:
     masks = random_subsets(data.n_frames, 4, 0.5, seed=1)
     # The default step count and chunk (so the rolled programs are those `auto` probes
     # below), RUN steps run: one chunk shorter than the program's 50.
-    tc = lambda **kw: TrainConfig(**{"batch_size": 4, "members_per_program": 2, **kw})
+    tc = TrainConfig(batch_size=4)
+    ec = lambda **kw: ExecConfig(**{"members_per_program": 2, **kw})
     t0 = time.perf_counter()
-    ref = EnsembleTrainer(TINY, tc(strategy="sequential")).fit(data, masks, progress=False,
+    ref = EnsembleTrainer(TINY, tc, ec(strategy="sequential")).fit(data, masks, progress=False,
                                                                stop_after=RUN)
     report = {"devices": jax.device_count(), "single": {}, "sharded": {},
               "seconds": {"cpu reference": time.perf_counter() - t0}}
@@ -80,26 +84,26 @@ def main(out: Path) -> None:
         for name in STRATEGIES:
             for where, m in (("single", None), ("sharded", mesh)):
                 t0, before = time.perf_counter(), compiles["chunk_program"]
-                res = EnsembleTrainer(TINY, tc(strategy=name)).fit(
+                res = EnsembleTrainer(TINY, tc, ec(strategy=name)).fit(
                     data, masks, progress=False, mesh=m, stop_after=RUN)
                 report[where][name] = dict(summary(res, ref),
                                            compiles=compiles["chunk_program"] - before)
                 report["seconds"][f"{where} {name}"] = time.perf_counter() - t0
         # auto at the default step count: the probe's share, and no program compiled twice
         # (checkpoints every 30 steps do not match the 50-step chunks; a resume follows).
-        t = tc(checkpoint_every=30)
+        t = ec(checkpoint_every=30)
         ck = Path(tempfile.mkdtemp(prefix="ej_ckpt_"))
         t0, before = time.perf_counter(), compiles["chunk_program"]
         logs: list[str] = []
-        first = EnsembleTrainer(TINY, t).fit(data, masks, progress=False, checkpoint_dir=ck,
+        first = EnsembleTrainer(TINY, tc, t).fit(data, masks, progress=False, checkpoint_dir=ck,
                                              stop_after=70, log=logs.append)
         probe = first.timing["strategy"]
-        report["auto"] = {"train_steps": t.steps, "probe_steps": probe.get("probe_steps"),
+        report["auto"] = {"train_steps": tc.steps, "probe_steps": probe.get("probe_steps"),
                           "candidates": list(probe.get("table", {})),
                           "chosen": probe["chosen"],
                           "compiles_first_fit": compiles["chunk_program"] - before}
         before = compiles["chunk_program"]
-        again = EnsembleTrainer(TINY, t).fit(data, masks, progress=False, checkpoint_dir=ck,
+        again = EnsembleTrainer(TINY, tc, t).fit(data, masks, progress=False, checkpoint_dir=ck,
                                              resume=True, stop_after=100, log=logs.append)
         report["auto"]["compiles_resume"] = compiles["chunk_program"] - before
         report["auto"]["resumed_steps"] = again.timing["steps_run"]
@@ -110,20 +114,20 @@ def main(out: Path) -> None:
     # jax.vmap(make_train(...)) (one scan of the member step per member) to float tolerance.
     m = masks.shape[0]
     spec_states, spec_losses = jax.jit(jax.vmap(
-        make_train(TINY, tc(), data.images.shape[1:3], data.n_keypoints, n_steps=RUN),
+        make_train(TINY, tc, data.images.shape[1:3], data.n_keypoints, n_steps=RUN),
         in_axes=(0, None, None)))(
-        member_inputs(masks.astype(np.int32), np.arange(m), tc()),
+        member_inputs(masks.astype(np.int32), np.arange(m), tc),
         data.images, data.keypoints)
     spec = SimpleNamespace(params=spec_states.params, aum_sum=np.asarray(spec_states.aum_sum),
                            aum_count=np.asarray(spec_states.aum_count),
                            losses=np.concatenate([np.asarray(spec_losses).T,
-                                                  np.full((tc().steps - RUN, m), np.nan)]))
+                                                  np.full((tc.steps - RUN, m), np.nan)]))
     report["spec"] = {}
     for path, forced in (("accelerator", True), ("cpu", False)):
         with backend.accelerator_paths(forced):
             for name in STRATEGIES:
                 for where, mm in (("single", None), ("sharded", mesh)):
-                    res = EnsembleTrainer(TINY, tc(strategy=name)).fit(
+                    res = EnsembleTrainer(TINY, tc, ec(strategy=name)).fit(
                         data, masks, progress=False, mesh=mm, stop_after=RUN)
                     report["spec"][f"{path} {where} {name}"] = summary(res, spec)
     out.write_text(json.dumps(report, indent=1))
@@ -137,8 +141,9 @@ def repeatability() -> dict:
     masks = random_subsets(data.n_frames, 2, 0.5, seed=2)
     runs = {}
     for det in (True, False):
-        tc = TrainConfig(**REPEAT, strategy="sequential", deterministic=det)
-        runs[det] = [EnsembleTrainer(TINY, tc).fit(data, masks, progress=False)
+        tc = TrainConfig(**REPEAT, deterministic=det)
+        runs[det] = [EnsembleTrainer(TINY, tc, dataclasses.replace(REPEAT_EXEC,
+                                                                   strategy="sequential")).fit(data, masks, progress=False)
                      for _ in range(2)]
 
     def same(a, b):

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset  # noqa: E402
+from ensemble_jax import (EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig,  # noqa: E402
+                          synthetic_dataset)
 from ensemble_jax.subsets import random_subsets  # noqa: E402
 from ensemble_jax.training import sharding  # noqa: E402
 
@@ -27,9 +28,10 @@ def data():
 def config(**kw):
     # steps/batch/chunk as in tests/test_trainer.py: the same compiled member step and
     # init (in one pytest session, or through a persistent compilation cache)
-    return TrainConfig(**{"steps": 20, "batch_size": 8, "chunk_size": 10,
-                          "checkpoint_every": 10, "strategy": "unrolled",
-                          "members_per_program": 2, **kw})
+    # -> (TrainConfig, ExecConfig) for EnsembleTrainer(SMALL, *config(...))
+    return TrainConfig(steps=20, batch_size=8), ExecConfig(**{
+        "chunk_size": 10, "checkpoint_every": 10, "strategy": "unrolled",
+        "members_per_program": 2, **kw})
 
 
 def flat(params):
@@ -42,8 +44,8 @@ def sharded(out: Path, m: int) -> None:
     masks = random_subsets(d.n_frames, m, 0.5, seed=0)
     mesh = sharding.make_mesh()
     tc = config()
-    full = EnsembleTrainer(SMALL, tc).fit(d, masks, progress=False, mesh=mesh)
-    EnsembleTrainer(SMALL, tc).fit(d, masks, progress=False, mesh=mesh,
+    full = EnsembleTrainer(SMALL, *tc).fit(d, masks, progress=False, mesh=mesh)
+    EnsembleTrainer(SMALL, *tc).fit(d, masks, progress=False, mesh=mesh,
                                    checkpoint_dir=out / "ckpt", stop_after=10)
     pred = full.predict(d.images[:8])
     np.savez(out / "sharded.npz", params=flat(full.params), losses=full.losses,

@@ -24,7 +24,7 @@ import pytest
 import numpy_twins as T
 from child_env import child_env
 from ensemble_jax import logs as ej_logs
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import backend, determinism, errors, strategies, waves
 from ensemble_jax.training import trainer as trainer_mod
@@ -185,7 +185,8 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
                         or setups[-1])
     logs = []
     tc = TrainConfig(**W.REPEAT)     # the programs of test_deterministic_training_...
-    res = EnsembleTrainer(TINY, tc).fit(data, masks, progress=False, log=logs.append)
+    res = EnsembleTrainer(TINY, tc, W.REPEAT_EXEC).fit(data, masks, progress=False,
+                                                       log=logs.append)
     assert res.strategy == "sequential"
     skipped = [m for m in logs if m.startswith("strategy probe vmap_matmul")]
     assert len(skipped) == 1 and "\n" not in skipped[0], logs
@@ -193,7 +194,7 @@ def test_auto_skips_a_candidate_that_runs_out_of_memory(tiny_data, monkeypatch, 
     assert "skipped vmap_matmul" in logs[-1]
     assert np.isfinite(res.losses).all()
     # the same members as a run that never tried vmap_matmul
-    ref = EnsembleTrainer(TINY, TrainConfig(**W.REPEAT, strategy="sequential")).fit(
+    ref = EnsembleTrainer(TINY, tc, ExecConfig(chunk_size=4, strategy="sequential")).fit(
         data, masks, progress=False)
     np.testing.assert_array_equal(W.flat(res.params), W.flat(ref.params))
     # the cache says why vmap_matmul was skipped
@@ -214,7 +215,8 @@ def test_auto_with_every_candidate_failing_is_one_clear_error(tiny_data, monkeyp
     with pytest.raises(strategies.NoStrategyError,
                        match=r"every candidate failed \(vmap: JaxRuntimeError: RESOURCE_EXH"
                              r".*; vmap_matmul: .*\); lower --batch-size") as e:
-        EnsembleTrainer(TINY, TrainConfig(**W.REPEAT)).fit(data, masks, progress=False)
+        EnsembleTrainer(TINY, TrainConfig(**W.REPEAT), W.REPEAT_EXEC).fit(data, masks,
+                                                                          progress=False)
     assert isinstance(e.value, ValueError) and "\n" not in str(e.value)
     assert not (tmp_path / "strategies.json").exists()
 

@@ -15,7 +15,7 @@ from ensemble_jax.analysis import attribution as A
 from ensemble_jax.analysis.analyze import analyze, describe
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.sweep import SweepConfig, make_plan, run_sweep
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 
 FR = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -137,7 +137,7 @@ def nested_run(tmp_path_factory):
                                fractions=(0.3, 0.9), n_seeds=2, validation_members=6,
                                threshold_fraction=0.0, seed=2),
               ModelConfig(widths=(8, 16, 32), head_width=16),
-              TrainConfig(steps=20, batch_size=8, strategy="sequential", chunk_size=20),
+              TrainConfig(steps=20, batch_size=8), ExecConfig(strategy="sequential", chunk_size=20),
               progress=False, log=lambda m: None)
     return run
 

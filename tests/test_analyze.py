@@ -15,7 +15,7 @@ from ensemble_jax.analysis.analyze import METRICS, analyze
 from ensemble_jax.analysis.threshold import inject_threshold_samples
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.sweep import SweepConfig, run_sweep
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 
 from report_checks import assert_report_embeds_figures
 
@@ -103,7 +103,7 @@ def run_dir(tmp_path_factory):
               SweepConfig(synthetic_frames=60, image_size=32, noise_rate=0.3, plan="random",
                           n_members=3, fraction=0.6, threshold_fraction=0.1, seed=1),
               ModelConfig(widths=(8, 16, 32), head_width=16),
-              TrainConfig(steps=30, batch_size=8, strategy="sequential", chunk_size=30),
+              TrainConfig(steps=30, batch_size=8), ExecConfig(strategy="sequential", chunk_size=30),
               progress=False, log=lambda m: None)
     return run
 

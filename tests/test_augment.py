@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import augment as A
 from tests import numpy_twins as twins
@@ -132,13 +132,13 @@ def flat(params):
 
 def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
     masks = random_subsets(data.n_frames, 2, 0.5, seed=1)
-    tc = TrainConfig(steps=4, batch_size=4, chunk_size=2, strategy="unrolled",
-                     augment=A.AugmentConfig(enabled=True))
-    full = EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False)
-    again = EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False)
+    tc = TrainConfig(steps=4, batch_size=4, augment=A.AugmentConfig(enabled=True))
+    ec = ExecConfig(chunk_size=2, strategy="unrolled")
+    full = EnsembleTrainer(SMALL, tc, ec).fit(data, masks, progress=False)
+    again = EnsembleTrainer(SMALL, tc, ec).fit(data, masks, progress=False)
     np.testing.assert_array_equal(flat(again.params), flat(full.params))
-    seq = dataclasses.replace(tc, strategy="sequential")
-    alone = EnsembleTrainer(SMALL, seq).fit(data, masks[1:2], member_ids=np.array([1]),
+    seq = dataclasses.replace(ec, strategy="sequential")
+    alone = EnsembleTrainer(SMALL, tc, seq).fit(data, masks[1:2], member_ids=np.array([1]),
                                             progress=False)
     np.testing.assert_array_equal(flat(alone.params), flat(full.member_params(1)))
     # That augmentation is really applied in the step is shown by the image-level tests
@@ -147,7 +147,8 @@ def test_member_alone_equals_member_in_ensemble_and_is_reproducible(data):
 
 def test_command_line_defaults_augment_opt_in():
     from ensemble_jax import cli
-    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "x", *a]))
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(
+        ["sweep", "--out", "x", *a]))[:3]          # (sweep, model, train); exec unused
     _, model, train = parse()
     assert not train.augment.enabled and train.epochs is None and train.schedule == "cosine"
     _, model, train = parse("--data", "somewhere", "--flip-pairs", "leftear:rightear",

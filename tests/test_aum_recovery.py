@@ -21,21 +21,21 @@ from ensemble_jax.analysis.aum import roc_auc
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax import rundir
 from ensemble_jax.sweep import SweepConfig, run_sweep
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 
 SEED = 2
 SWEEP = SweepConfig(synthetic_frames=200, image_size=64, noise_rate=0.1, test_fraction=0.2,
                     plan="random", n_members=2, fraction=0.7, threshold_fraction=0.05,
                     seed=SEED)
 MODEL = ModelConfig(widths=(8, 16, 32), head_width=16)
-TRAIN = TrainConfig(steps=600, batch_size=8, learning_rate=3e-3, strategy="sequential",
-                    chunk_size=600, seed=SEED)
+TRAIN = TrainConfig(steps=600, batch_size=8, learning_rate=3e-3, seed=SEED)
+EXEC = ExecConfig(strategy="sequential", chunk_size=600)
 
 
 def test_aum_ranks_planted_noise(tmp_path):
     t0 = time.perf_counter()
     run = tmp_path / "run"
-    run_sweep(run, SWEEP, MODEL, TRAIN, progress=False, log=lambda m: None)
+    run_sweep(run, SWEEP, MODEL, TRAIN, EXEC, progress=False, log=lambda m: None)
     t_sweep = time.perf_counter() - t0
     analysis = analyze(run, progress=False, log=lambda m: None)
     t_total = time.perf_counter() - t0

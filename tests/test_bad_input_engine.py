@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ensemble_jax import (EnsembleTrainer, KeypointDataset, ModelConfig, TrainConfig, cli,
+from ensemble_jax import (EnsembleTrainer, ExecConfig, KeypointDataset, ModelConfig,
+                          TrainConfig, cli,
                           synthetic_dataset)
 from ensemble_jax import io as eio
 from ensemble_jax import rundir
@@ -103,13 +104,26 @@ def test_image_size_not_divisible_by_the_stride():
 
 
 def test_unknown_strategy_plan_and_schedule():
-    with pytest.raises(ValueError, match=r"TrainConfig\.strategy='pmap': unknown strategy; "
+    with pytest.raises(ValueError, match=r"ExecConfig\.strategy='pmap': unknown strategy; "
                                          r"choose one of \('auto', 'vmap'"):
-        TrainConfig(strategy="pmap")
+        ExecConfig(strategy="pmap")
     with pytest.raises(ValueError, match=r"plan='jackknife': unknown plan; choose one of"):
         SweepConfig(plan="jackknife")
     with pytest.raises(ValueError, match=r"TrainConfig\.schedule='linear': unknown schedule"):
         TrainConfig(schedule="linear")
+
+
+def test_execution_flags_set_the_exec_config_and_are_named_as_flags():
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(["sweep", "--out", "r",
+                                                                        *a]))
+    assert parse("--smoke")[3] == ExecConfig(chunk_size=20)            # the smoke preset's
+    _, _, train, run = parse("--strategy", "unrolled", "--chunk-size", "7",
+                             "--checkpoint-every", "14", "--steps", "28")
+    assert run == ExecConfig(strategy="unrolled", chunk_size=7, checkpoint_every=14)
+    assert train == TrainConfig(steps=28)                   # nothing of it in TrainConfig
+    with pytest.raises(ValueError) as e:
+        ExecConfig(chunk_size=0)
+    assert cli.flag_words(str(e.value)) == "--chunk-size 0: must be >= 1"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -117,11 +131,11 @@ def test_unknown_strategy_plan_and_schedule():
     ({"batch_size": 0}, r"TrainConfig\.batch_size=0: must be a positive integer"),
     ({"learning_rate": -1.0}, r"TrainConfig\.learning_rate=-1\.0: must be > 0"),
     ({"warmup_steps": 500, "steps": 100}, r"TrainConfig\.warmup_steps=500: must be in"),
-    ({"checkpoint_every": -1}, r"TrainConfig\.checkpoint_every=-1: must be >= 0"),
+    ({"checkpoint_every": -1}, r"ExecConfig\.checkpoint_every=-1: must be >= 0"),
 ])
 def test_bad_train_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(**kwargs)
+        (ExecConfig if "checkpoint_every" in kwargs else TrainConfig)(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -191,9 +205,8 @@ def test_batch_larger_than_the_smallest_subset_samples_with_replacement():
     masks[0, :2] = True
     masks[1, :24] = True
     masks[2, 24:] = True
-    res = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8, chunk_size=10,
-                                             strategy="sequential")
-                          ).fit(data, masks, progress=False)
+    res = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8),
+                          ExecConfig(chunk_size=10, strategy="sequential")).fit(data, masks, progress=False)
     assert res.alive.all() and np.isfinite(res.losses).all()
     assert (res.aum_count[0][2:] == 0).all()          # never read outside its 2 frames
 

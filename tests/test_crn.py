@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numpy_twins as twins
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.training import crn
 from ensemble_jax.training.trainer import member_keys, subset_index, training_keys
 
@@ -78,9 +78,8 @@ def test_crn_members_identical_iff_same_subset_and_block():
     b = a.copy()
     b[int(np.flatnonzero(~a)[0])] = True
     masks = np.stack([a, b, a, a])
-    tc = TrainConfig(steps=3, batch_size=4, chunk_size=3, strategy="sequential",
-                     track_aum=False, crn=True)
-    res = fit_waves(EnsembleTrainer(TINY, tc), data, masks, plan_waves(4, members_per_wave=2),
+    tc = TrainConfig(steps=3, batch_size=4, track_aum=False, crn=True)
+    res = fit_waves(EnsembleTrainer(TINY, tc, ExecConfig(chunk_size=3, strategy="sequential")), data, masks, plan_waves(4, members_per_wave=2),
                     progress=False, block_ids=np.array([0, 0, 0, 1]))
     leaves = jax.tree_util.tree_leaves(res.params)
     same = lambda i, j: all(np.array_equal(x[i], x[j]) for x in leaves)

@@ -128,7 +128,7 @@ def test_selection_orders():
 def test_fit_staged_switches_subsets():
     from ensemble_jax.data.synthetic import synthetic_dataset
     from ensemble_jax.models.heatmap_net import ModelConfig
-    from ensemble_jax.training.config import TrainConfig
+    from ensemble_jax.training.config import ExecConfig, TrainConfig
     from ensemble_jax.training.staged import fit_staged
     from ensemble_jax.training.trainer import EnsembleTrainer
     data = synthetic_dataset(10, image_size=32, seed=0)
@@ -137,8 +137,8 @@ def test_fit_staged_switches_subsets():
     second = first.copy()
     second[0] = ~first[0]                             # member 0 switches to frames 5..9
     trainer = EnsembleTrainer(ModelConfig(widths=(8, 16, 32), head_width=16),
-                              TrainConfig(steps=8, batch_size=4, strategy="sequential",
-                                          chunk_size=4))
+                              TrainConfig(steps=8, batch_size=4),
+                              ExecConfig(strategy="sequential", chunk_size=4))
     res = fit_staged(trainer, data, [(0, first), (4, second)], member_ids=np.array([0, 0]))
     seen = res.aum_count.sum(-1) > 0                  # [M, n] frames drawn at least once
     assert seen[0, :5].any() and seen[0, 5:].any()

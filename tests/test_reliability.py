@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, cli, synthetic_dataset
+from ensemble_jax import (EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, cli,
+                          synthetic_dataset)
 from ensemble_jax import io as eio
 from ensemble_jax import runlock
 from ensemble_jax.analysis.analyze import analyze
@@ -24,8 +25,8 @@ from ensemble_jax.training.checkpoint import Checkpointer
 
 SMALL = ModelConfig(widths=(8, 16, 32), head_width=16)
 # The trainer tests' settings (same compiled programs): 20 steps, batch 8, sequential.
-TC = TrainConfig(steps=20, batch_size=8, chunk_size=10, checkpoint_every=10,
-                 strategy="sequential")
+TC = (TrainConfig(steps=20, batch_size=8),
+      ExecConfig(chunk_size=10, checkpoint_every=10, strategy="sequential"))
 
 
 def flat(params):
@@ -105,12 +106,12 @@ def test_lock_of_another_host_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def straight(data):
     masks = random_subsets(data.n_frames, 3, 0.5, seed=3)   # test_trainer's shapes
-    return masks, EnsembleTrainer(SMALL, TC).fit(data, masks, progress=False)
+    return masks, EnsembleTrainer(SMALL, *TC).fit(data, masks, progress=False)
 
 
 def _ckpt_run(data, masks, d: Path):
     """Checkpoints at steps 10 and 20 in `d`, as a killed run would leave them."""
-    EnsembleTrainer(SMALL, TC).fit(data, masks, progress=False, checkpoint_dir=d)
+    EnsembleTrainer(SMALL, *TC).fit(data, masks, progress=False, checkpoint_dir=d)
     assert sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) == [10, 20]
 
 
@@ -132,7 +133,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(data, straight, tm
         else:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     logs = []
-    resumed = EnsembleTrainer(SMALL, TC).fit(data, masks, progress=False, checkpoint_dir=d,
+    resumed = EnsembleTrainer(SMALL, *TC).fit(data, masks, progress=False, checkpoint_dir=d,
                                              resume=True, log=logs.append)
     assert any("checkpoint step 20" in m and "damaged" in m for m in logs), logs
     assert any("resumed from step 10" in m for m in logs), logs
@@ -151,7 +152,7 @@ def test_no_restorable_checkpoint_is_a_clear_error(data, straight, tmp_path):
             f.unlink()
     with pytest.raises(ValueError, match=r"no checkpoint could be restored \(step 20: .*; "
                                          r"step 10: .*delete the directory"):
-        EnsembleTrainer(SMALL, TC).fit(data, masks, progress=False, checkpoint_dir=d,
+        EnsembleTrainer(SMALL, *TC).fit(data, masks, progress=False, checkpoint_dir=d,
                                        resume=True)
 
 
@@ -165,7 +166,7 @@ def test_killed_checkpoint_write_is_never_restored(data, straight, tmp_path):
     shutil.copytree(d / "20", d / "30.orbax-checkpoint-tmp-1234567890")
     shutil.rmtree(d / "20")
     logs = []
-    resumed = EnsembleTrainer(SMALL, TC).fit(data, masks, progress=False, checkpoint_dir=d,
+    resumed = EnsembleTrainer(SMALL, *TC).fit(data, masks, progress=False, checkpoint_dir=d,
                                              resume=True, log=logs.append)
     assert any("resumed from step 10" in m for m in logs), logs
     np.testing.assert_array_equal(flat(resumed.params), flat(ref.params))
@@ -179,10 +180,10 @@ def test_diverged_member_in_a_sweep(tmp_path):
     # 48 training frames, 3 members of 24: test_trainer's shapes (cached programs)
     cfg = SweepConfig(synthetic_frames=60, image_size=32, plan="random", n_members=3,
                       fraction=0.5, seed=2)
-    tc = TrainConfig(steps=20, batch_size=8, chunk_size=10, strategy="sequential")
-    base = run_sweep(tmp_path / "base", cfg, SMALL, tc, progress=False, log=lambda m: None)
+    tc = (TrainConfig(steps=20, batch_size=8), ExecConfig(chunk_size=10, strategy="sequential"))
+    base = run_sweep(tmp_path / "base", cfg, SMALL, *tc, progress=False, log=lambda m: None)
     logs = []
-    summary = run_sweep(tmp_path / "div", cfg, SMALL, tc, progress=False, log=logs.append,
+    summary = run_sweep(tmp_path / "div", cfg, SMALL, *tc, progress=False, log=logs.append,
                         lr_scale=[1.0, 1e9, 1.0])
     assert [d["member"] for d in summary["diverged_members"]] == [1]
     assert 0 <= summary["diverged_members"][0]["step"] < 20

@@ -94,15 +94,15 @@ def test_torchvision_state_dict_gives_pytorch_outputs(tmp_path, impl):
 
 
 def test_members_share_the_loaded_encoder_and_keep_their_own_heads(tmp_path):
-    from ensemble_jax import EnsembleTrainer, TrainConfig, synthetic_dataset
+    from ensemble_jax import EnsembleTrainer, ExecConfig, TrainConfig, synthetic_dataset
     torch, net = torch_resnet(width=4)
     path = tmp_path / "enc.pt"
     torch.save({"state_dict": net.state_dict()}, path)
     mc = ModelConfig(encoder="resnet", resnet_width=4, head_width=8, init_weights=str(path))
     data = synthetic_dataset(12, image_size=32, seed=0)
-    trainer = EnsembleTrainer(mc, TrainConfig(steps=1, batch_size=2, chunk_size=1,
-                                              strategy="sequential", learning_rate=1e-9,
-                                              schedule="constant"))
+    trainer = EnsembleTrainer(mc, TrainConfig(steps=1, batch_size=2, learning_rate=1e-9,
+                                              schedule="constant"),
+                              ExecConfig(chunk_size=1, strategy="sequential"))
     masks = np.ones((2, data.n_frames), bool)
     s = trainer.setup(data, masks.astype(np.int32), np.arange(2), np.ones(2, np.float32))
     p = s.states.params["params"]

@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble_jax import ModelConfig, TrainConfig, cli, rundir, synthetic_dataset
+from ensemble_jax import ExecConfig, ModelConfig, TrainConfig, cli, rundir, synthetic_dataset
 from ensemble_jax import io as eio
 from ensemble_jax import sweep as sweep_mod
 from ensemble_jax.analysis.analyze import analyze
 from ensemble_jax.sweep import SweepConfig, run_sweep
 
 SMALL = ModelConfig(widths=(8, 16, 32), head_width=16)
-TINY_TC = TrainConfig(steps=4, batch_size=4, chunk_size=4, strategy="sequential")
+TINY_TC = TrainConfig(steps=4, batch_size=4)
+TINY_EC = ExecConfig(chunk_size=4, strategy="sequential")
 TINY = SweepConfig(synthetic_frames=24, image_size=32, fractions=(0.5, 1.0), n_seeds=1)
 QUIET = dict(progress=False, log=lambda m: None)
 
@@ -42,7 +43,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def finished(tmp_path_factory) -> Path:
     """A finished (tiny) run directory made by the sweep; tests copy it before changing it."""
     run = tmp_path_factory.mktemp("finished") / "run"
-    run_sweep(run, TINY, SMALL, TINY_TC, **QUIET)
+    run_sweep(run, TINY, SMALL, TINY_TC, TINY_EC, **QUIET)
     assert (run / "summary.json").is_file() and (run / rundir.MANIFEST).is_file()
     return run
 
@@ -91,7 +92,7 @@ def test_foreign_folder_is_refused_untouched(tmp_path, capsys, monkeypatch):
     # and the API refuses the same way, before loading any data
     monkeypatch.setattr(sweep_mod, "load_data", lambda cfg: pytest.fail("data loaded"))
     with pytest.raises(rundir.RunDirError, match="not an ensemble-jax run directory"):
-        run_sweep(x, TINY, SMALL, TINY_TC, **QUIET)
+        run_sweep(x, TINY, SMALL, TINY_TC, TINY_EC, **QUIET)
 
 
 def test_a_run_of_an_older_version_without_manifest_is_left_alone(finished, tmp_path):
@@ -100,7 +101,7 @@ def test_a_run_of_an_older_version_without_manifest_is_left_alone(finished, tmp_
     before = snapshot(old)
     with pytest.raises(rundir.RunDirError, match="older ensemble-jax without "
                                                  "ensemble-jax-run.json"):
-        run_sweep(old, TINY, SMALL, TINY_TC, overwrite=True, **QUIET)
+        run_sweep(old, TINY, SMALL, TINY_TC, TINY_EC, overwrite=True, **QUIET)
     with pytest.raises(rundir.RunDirError, match="ensemble-jax-run.json is missing"):
         analyze(old, **QUIET)
     assert snapshot(old) == before
@@ -136,7 +137,7 @@ def test_overwrite_moves_the_finished_run_aside_whole(finished, tmp_path):
     run = _copy(finished, tmp_path / "run")
     before = snapshot(run)
     logs = []
-    run_sweep(run, dataclasses.replace(TINY, seed=1), SMALL, TINY_TC, overwrite=True,
+    run_sweep(run, dataclasses.replace(TINY, seed=1), SMALL, TINY_TC, TINY_EC, overwrite=True,
               progress=False, log=logs.append)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and snapshot(aside[0]) == before            # whole, unchanged
@@ -153,6 +154,25 @@ def test_overwrite_moves_the_finished_run_aside_whole(finished, tmp_path):
     assert cli.main(["analyze", str(mixed), "--quiet"]) == 2
 
 
+def test_run_from_before_exec_config_still_loads_compares_and_analyzes(finished, tmp_path):
+    """Runs written before ExecConfig kept strategy, chunk_size, ... under config.json's
+    "train": they load, compare on --resume and analyse like a new run."""
+    run = _copy(finished, tmp_path / "run")
+    now = json.loads((run / "config.json").read_text())
+    old = {k: v for k, v in now.items() if k != "exec"}
+    old["train"] = {**now["train"], **now["exec"]}
+    eio.write_json(run / "config.json", old)
+    rundir.RunDir(run).record("config.json")
+    loaded = rundir.load(run)
+    assert loaded.config["train"] == now["train"] and loaded.config["exec"] == now["exec"]
+    assert loaded.result.train_config == TINY_TC
+    # the only setting named is the one that changed (none from the old layout)
+    with pytest.raises(ValueError, match=r"settings that differ: exec\.chunk_size \(4 -> 2\)$"):
+        run_sweep(run, TINY, SMALL, TINY_TC, dataclasses.replace(TINY_EC, chunk_size=2),
+                  resume=True, **QUIET)
+    assert analyze(run, figures_enabled=False, **QUIET)["members"] == 2
+
+
 # -------------------------------------------------- defect 3: --resume checks the data
 def test_resume_refuses_other_data_naming_what_changed(tmp_path, monkeypatch):
     def stop(*a, **k):
@@ -161,7 +181,7 @@ def test_resume_refuses_other_data_naming_what_changed(tmp_path, monkeypatch):
     data = synthetic_dataset(24, image_size=32, seed=5)
     run = tmp_path / "run"
     with pytest.raises(_Stop):      # interrupted after the setup, before any step
-        run_sweep(run, TINY, SMALL, TINY_TC, dataset=data, **QUIET)
+        run_sweep(run, TINY, SMALL, TINY_TC, TINY_EC, dataset=data, **QUIET)
     before = snapshot(run)
     # one label moved (the frame keeps its place in the split)
     kp = data.keypoints.copy()
@@ -171,26 +191,26 @@ def test_resume_refuses_other_data_naming_what_changed(tmp_path, monkeypatch):
     with pytest.raises(rundir.RunDirError, match=rf"cannot resume: the training data differ "
                                                  rf".*labels of 1 frame\(s\) changed "
                                                  rf"\({data.frame_ids[i]}\)"):
-        run_sweep(run, TINY, SMALL, TINY_TC, dataset=edited, resume=True, **QUIET)
+        run_sweep(run, TINY, SMALL, TINY_TC, TINY_EC, dataset=edited, resume=True, **QUIET)
     # a frame added
     from ensemble_jax.data.dataset import concatenate
     extra = dataclasses.replace(synthetic_dataset(1, image_size=32, seed=9),
                                 frame_ids=["added_frame"])
     with pytest.raises(rundir.RunDirError, match=r"1 frame\(s\) added \(added_frame\)"):
-        run_sweep(run, TINY, SMALL, TINY_TC, dataset=concatenate([data, extra]),
+        run_sweep(run, TINY, SMALL, TINY_TC, TINY_EC, dataset=concatenate([data, extra]),
                   resume=True, **QUIET)
     # a plain sweep of other settings over this interrupted run: refused, untouched
     with pytest.raises(ValueError, match=r"holds an interrupted sweep \(settings that differ: "
                                          r"train\.steps \(4 -> 6\)\); nothing was changed"):
-        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), dataset=data,
+        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), TINY_EC, dataset=data,
                   **QUIET)
     assert snapshot(run) == before
     # the same data: resumed (from step 0: no checkpoint yet)
     with pytest.raises(_Stop):
-        run_sweep(run, TINY, SMALL, TINY_TC, dataset=data, resume=True, **QUIET)
+        run_sweep(run, TINY, SMALL, TINY_TC, TINY_EC, dataset=data, resume=True, **QUIET)
     # --overwrite: the interrupted run is moved aside whole
     with pytest.raises(_Stop):
-        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), dataset=data,
+        run_sweep(run, TINY, SMALL, dataclasses.replace(TINY_TC, steps=6), TINY_EC, dataset=data,
                   overwrite=True, **QUIET)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and snapshot(aside[0]) == before
@@ -232,7 +252,7 @@ def test_members_without_a_labeled_frame_are_warned_and_excluded(tmp_path):
     empty = [m for m in range(4) if not (masks[m] > 0)[labeled_train].any()]
     assert 0 < len(empty) < 4, "the constructed case must have both kinds of member"
     logs = []
-    summary = run_sweep(tmp_path / "run", cfg, SMALL, TINY_TC, dataset=data, progress=False,
+    summary = run_sweep(tmp_path / "run", cfg, SMALL, TINY_TC, TINY_EC, dataset=data, progress=False,
                         log=logs.append)
     assert any(m.startswith("warning: ") and "no labeled frame" in m for m in logs)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -247,7 +267,7 @@ def test_members_without_a_labeled_frame_are_warned_and_excluded(tmp_path):
     test_only = [i for i, f in enumerate(data.frame_ids) if f in set(test.frame_ids)]
     none = _sparse(labeled=test_only)                 # no training frame is labeled
     with pytest.raises(ValueError, match="no member's subset holds a labeled frame"):
-        run_sweep(tmp_path / "none", dataclasses.replace(cfg, n_members=2), SMALL, TINY_TC,
+        run_sweep(tmp_path / "none", dataclasses.replace(cfg, n_members=2), SMALL, TINY_TC, TINY_EC,
                   dataset=none, **QUIET)
     assert not (tmp_path / "none").exists()
 
@@ -259,14 +279,14 @@ def test_test_split_without_labels_is_an_error(tmp_path):
     no_test_labels = _sparse(labeled=keep)
     with pytest.raises(ValueError, match=r"--test-fraction 0\.2: the 5 test frame\(s\) hold "
                                          r"no labeled keypoint"):
-        run_sweep(tmp_path / "r", SweepConfig(), SMALL, TINY_TC, dataset=no_test_labels,
+        run_sweep(tmp_path / "r", SweepConfig(), SMALL, TINY_TC, TINY_EC, dataset=no_test_labels,
                   **QUIET)
     assert not (tmp_path / "r").exists()
 
 
 def test_every_member_diverged_is_an_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="every member diverged"):
-        run_sweep(tmp_path / "r", TINY, SMALL, TINY_TC, lr_scale=[1e12, 1e12], **QUIET)
+        run_sweep(tmp_path / "r", TINY, SMALL, TINY_TC, TINY_EC, lr_scale=[1e12, 1e12], **QUIET)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())   # the record
     assert len(summary["diverged_members"]) == 2
     assert cli.main(["sweep", "--out", str(tmp_path / "x"), "--smoke", "--lr", "inf"]) == 2
@@ -290,7 +310,7 @@ def test_a_coordinate_far_outside_the_image_is_refused(tmp_path):
     kp[3, 1, 0] = 1e30                       # finite in float32, but no label
     with pytest.raises(ValueError, match=rf"frame {data.frame_ids[3]}, keypoint "
                                          rf"{data.bodyparts[1]}: x = 1e\+30 px"):
-        run_sweep(tmp_path / "r", TINY, SMALL, TINY_TC,
+        run_sweep(tmp_path / "r", TINY, SMALL, TINY_TC, TINY_EC,
                   dataset=dataclasses.replace(data, keypoints=kp), **QUIET)
     assert not (tmp_path / "r").exists()
 

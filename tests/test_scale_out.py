@@ -84,7 +84,7 @@ def sharded_run(tmp_path_factory):
 def single_run():
     d = W.data()
     masks = random_subsets(d.n_frames, 16, 0.5, seed=0)
-    res = EnsembleTrainer(W.SMALL, W.config(strategy="sequential")).fit(d, masks,
+    res = EnsembleTrainer(W.SMALL, *W.config(strategy="sequential")).fit(d, masks,
                                                                         progress=False)
     return d, masks, res
 
@@ -108,7 +108,7 @@ def test_sharded_8_devices_equals_single_device(sharded_run, single_run):
 
 def test_checkpoint_saved_on_8_devices_restores_on_1(sharded_run, single_run):
     d, masks, ref = single_run
-    resumed = EnsembleTrainer(W.SMALL, W.config(strategy="sequential")).fit(
+    resumed = EnsembleTrainer(W.SMALL, *W.config(strategy="sequential")).fit(
         d, masks, progress=False, checkpoint_dir=sharded_run / "ckpt", resume=True)
     assert jax.device_count() == 1
     assert resumed.timing["steps_run"] == 10         # restored step 10, trained 11..20
@@ -120,7 +120,7 @@ def test_checkpoint_saved_on_8_devices_restores_on_1(sharded_run, single_run):
 # ------------------------------------------------------------------------- waves
 def test_four_waves_equal_one_wave(single_run):
     d, masks, ref = single_run
-    trainer = EnsembleTrainer(W.SMALL, W.config(strategy="sequential", checkpoint_every=0))
+    trainer = EnsembleTrainer(W.SMALL, *W.config(strategy="sequential", checkpoint_every=0))
     plan = waves.plan_waves(16, members_per_wave=4)
     assert len(plan.waves) == 4
     res = waves.fit_waves(trainer, d, masks, plan, progress=False)
@@ -203,7 +203,7 @@ from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import sharding
 d = W.data()
 masks = random_subsets(d.n_frames, 4, 0.5, seed=0)
-res = EnsembleTrainer(W.SMALL, W.config(strategy="vmap_matmul", checkpoint_every=0)).fit(
+res = EnsembleTrainer(W.SMALL, *W.config(strategy="vmap_matmul", checkpoint_every=0)).fit(
     d, masks, progress=False, mesh=sharding.make_mesh())
 np.save({str(tmp_path / "p.npy")!r}, W.flat(res.params))
 print(res.strategy, sharding.n_shards(sharding.make_mesh()))
@@ -212,6 +212,6 @@ print(res.strategy, sharding.n_shards(sharding.make_mesh()))
     assert proc.stdout.split()[-2:] == ["vmap_matmul", "2"]
     d = W.data()
     masks = random_subsets(d.n_frames, 4, 0.5, seed=0)
-    ref = EnsembleTrainer(W.SMALL, W.config(strategy="sequential", checkpoint_every=0)).fit(
+    ref = EnsembleTrainer(W.SMALL, *W.config(strategy="sequential", checkpoint_every=0)).fit(
         d, masks, progress=False)
     assert rel(np.load(tmp_path / "p.npy"), W.flat(ref.params)) < 1e-4

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from ensemble_jax import EnsembleTrainer, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import strategies
 
@@ -27,8 +27,9 @@ def rel(a, b):
 
 
 def fit(data, masks, **kw):
-    tc = TrainConfig(**{"steps": 20, "batch_size": 8, "chunk_size": 10, **kw})
-    return EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False)
+    ec = ExecConfig(**{"chunk_size": 10, **kw})
+    return EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8), ec).fit(
+        data, masks, progress=False)
 
 
 def test_strategies_agree(data):
@@ -64,8 +65,8 @@ def test_auto_measures_every_candidate_then_reuses_its_choice(data, tmp_path, mo
 def test_member_does_not_depend_on_neighbours(data):
     masks = random_subsets(data.n_frames, 3, 0.5, seed=1)
     full = fit(data, masks, strategy="unrolled")
-    alone = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8, chunk_size=10,
-                                               strategy="sequential")).fit(
+    alone = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8),
+                            ExecConfig(chunk_size=10, strategy="sequential")).fit(
         data, masks[2:3], member_ids=np.array([2]), progress=False)
     np.testing.assert_array_equal(flat(alone.params), flat(full.member_params(2)))
 
@@ -78,7 +79,8 @@ def test_member_never_reads_outside_its_subset(data):
     poisoned = images.copy()
     poisoned[~inside_any] = np.nan
     for m in range(3):   # every member reads only its own rows: poison per member too
-        res = EnsembleTrainer(SMALL, TrainConfig(steps=10, batch_size=8, strategy="vmap")).fit(
+        res = EnsembleTrainer(SMALL, TrainConfig(steps=10, batch_size=8),
+                              ExecConfig(strategy="vmap")).fit(
             data, masks[m:m + 1], member_ids=np.array([m]), progress=False,
             images=np.where(masks[m][:, None, None, None], images, np.nan).astype(np.float32))
         assert np.isfinite(flat(res.params)).all(), f"member {m} read a poisoned frame"
@@ -87,14 +89,14 @@ def test_member_never_reads_outside_its_subset(data):
 
 def test_resume_after_checkpoint_matches_uninterrupted(data, tmp_path):
     masks = random_subsets(data.n_frames, 2, 0.5, seed=3)
-    tc = TrainConfig(steps=12, batch_size=8, chunk_size=4, checkpoint_every=4,
-                     strategy="sequential")
-    straight = EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False)
+    tc = TrainConfig(steps=12, batch_size=8)
+    ec = ExecConfig(chunk_size=4, checkpoint_every=4, strategy="sequential")
+    straight = EnsembleTrainer(SMALL, tc, ec).fit(data, masks, progress=False)
     # Train only to step 8 (as if killed there), then resume to 12.
     d = tmp_path / "ckpt"
-    EnsembleTrainer(SMALL, dataclasses.replace(tc, steps=12)).fit(
+    EnsembleTrainer(SMALL, dataclasses.replace(tc, steps=12), ec).fit(
         data, masks, progress=False, checkpoint_dir=d, stop_after=8)
-    resumed = EnsembleTrainer(SMALL, tc).fit(data, masks, progress=False,
+    resumed = EnsembleTrainer(SMALL, tc, ec).fit(data, masks, progress=False,
                                              checkpoint_dir=d, resume=True)
     np.testing.assert_array_equal(flat(resumed.params), flat(straight.params))
     np.testing.assert_array_equal(resumed.losses, straight.losses)
@@ -105,8 +107,8 @@ def test_diverging_member_is_isolated(data):
     masks = random_subsets(data.n_frames, 3, 0.5, seed=4)
     base = fit(data, masks, strategy="sequential")
     lr = np.array([1.0, 1e9, 1.0], np.float32)
-    res = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8, chunk_size=10,
-                                             strategy="sequential")).fit(
+    res = EnsembleTrainer(SMALL, TrainConfig(steps=20, batch_size=8),
+                          ExecConfig(chunk_size=10, strategy="sequential")).fit(
         data, masks, lr_scale=lr, progress=False)
     assert list(res.alive) == [True, False, True]
     assert res.diverged_at[1] >= 0

@@ -106,21 +106,14 @@ ANALYZE_OUTPUTS = ("keypoints", "confidences", "features", "gt_confidence", "gt_
 
 
 # ---------------------------------------------------------------------- helpers
-def _frame_mean(x: np.ndarray) -> np.ndarray:
-    """nanmean over the last (keypoint) axis; NaN where every keypoint is NaN."""
+def _frame_mean(x: np.ndarray, how: str = "mean") -> np.ndarray:
+    """Mean (or with how="max" the max) over the last (keypoint) axis of the finite
+    entries, float32; NaN where none is finite."""
     x = np.asarray(x, np.float64)
     ok = np.isfinite(x)
-    n = ok.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, np.where(ok, x, 0.0).sum(-1) / np.maximum(n, 1),
-                        np.nan).astype(np.float32)
-
-
-def _frame_max(x: np.ndarray) -> np.ndarray:
-    """nanmax over the last axis; NaN where every entry is NaN."""
-    x = np.asarray(x, np.float64)
-    ok = np.isfinite(x)
-    return np.where(ok.any(-1), np.where(ok, x, -np.inf).max(-1), np.nan).astype(np.float32)
+    out = (np.where(ok, x, -np.inf).max(-1) if how == "max"
+           else np.where(ok, x, 0.0).sum(-1) / np.maximum(ok.sum(-1), 1))
+    return np.where(ok.any(-1), out, np.nan).astype(np.float32)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -206,7 +199,8 @@ def _analyze_locked(run: Path, *, progress: bool, batch_size: int, top: int,
     loaded = rundir.load(run)
     train, test, result = loaded.train, loaded.test, loaded.result
     alive, members = alive_members(run, result, train.n_frames)
-    a_aum, aum_info = aum_section(run, train, result, loaded.threshold_mask, alive, top)
+    a_aum, aum_info = aum_section(run, train, result, loaded.threshold_mask,
+                                  loaded.threshold_kind, alive, top)
     out_tr, out_te = forward_section(result, members, train, test, batch_size=batch_size,
                                      progress=progress, mpe_mode=mpe_mode)
     a_inf, influence_info = influence_section(run, loaded.config, result, members, train,
@@ -254,9 +248,10 @@ def alive_members(run: Path, result: EnsembleResult, n: int) -> tuple:
 
 
 # ---------------------------------------------------------------------- sections
-def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int
+def aum_section(run: Path, train, result: EnsembleResult, thr, thr_kind, alive, top: int
                 ) -> tuple[dict, dict]:
-    """AUM per label and per member; writes aum.csv and aum_members.npz."""
+    """AUM per label and per member; writes aum.csv and aum_members.npz. thr / thr_kind:
+    the threshold samples [n, K] and their kinds (threshold.KINDS), or None."""
     from ensemble_jax.analysis.threshold import KINDS
     n, k, noise = train.n_frames, train.n_keypoints, train.noise_mask
     rep = aum_lib.aum_report(result.aum_sum, result.aum_count, alive, thr)
@@ -264,8 +259,6 @@ def aum_section(run: Path, train, result: EnsembleResult, thr, alive, top: int
     thr_mask = np.zeros((n, k), bool) if thr is None else thr
     # Frame-level report (analysis/suspects.py). With realistic threshold samples (kinds
     # recorded) its cut is the run's cut, so aum.csv's flags are the suspects' labels.
-    z = eio.load_npz(run / "data.npz")    # kinds: int8 [n, K] (threshold.KINDS), or None
-    thr_kind = z["train_threshold_kind"].astype(np.int8) if "train_threshold_kind" in z else None
     kinds = thr_kind if thr_kind is not None else np.where(thr_mask, 4, 0).astype(np.int8)
     if thr_kind is not None:
         frames = sus.frame_report(rep.aum, kinds, noise)
@@ -395,16 +388,14 @@ def uncertainty_section(run: Path, train, test, out_tr: dict, out_te: dict, top:
     ids_all = list(train.frame_ids) + list(test.frame_ids)
     split = ["train"] * n + ["test"] * test.n_frames
     bps = list(train.bodyparts)
-    _write_csv(run / "mpe.csv", ["frame_id", "split"] + bps + ["mpe_max", "mpe_mean",
-                                                               "representativeness"],
-               [[ids_all[f], split[f]] + [float(v) for v in mpe_kp[f]]
-                + [float(mpe_max[f]), float(mpe_mean[f]), float(represent[f])]
-                for f in range(len(ids_all))])
-    spread_max = _frame_max(spread)
-    spread_mean = _frame_mean(spread)
-    _write_csv(run / "spread.csv", ["frame_id", "split"] + bps + ["spread_max", "spread_mean"],
-               [[ids_all[f], split[f]] + [float(v) for v in spread[f]]
-                + [float(spread_max[f]), float(spread_mean[f])] for f in range(len(ids_all))])
+    spread_max, spread_mean = _frame_mean(spread, "max"), _frame_mean(spread)
+    for name, per_kp, cols in (
+            ("mpe.csv", mpe_kp, {"mpe_max": mpe_max, "mpe_mean": mpe_mean,
+                                 "representativeness": represent}),
+            ("spread.csv", spread, {"spread_max": spread_max, "spread_mean": spread_mean})):
+        _write_csv(run / name, ["frame_id", "split"] + bps + list(cols),
+                   [[ids_all[f], split[f]] + [float(v) for v in per_kp[f]]
+                    + [float(c[f]) for c in cols.values()] for f in range(len(ids_all))])
     mpe_on, mpe_thr, mpe_norm = MPE_MODES[mpe_mode]
     conf_all = np.concatenate([out_tr["confidences"], out_te["confidences"]], axis=1)
     top_value = _frame_mean(np.nanmean(conf_all, 0))           # tie-break: lower first

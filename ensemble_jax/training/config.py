@@ -1,4 +1,16 @@
-"""`TrainConfig`: everything about how members are optimised (not what they are)."""
+"""The two training configs, kept apart so that compiled programs key on what they compute:
+
+  TrainConfig  what each member's training computes (steps, batch, optimiser, targets,
+               AUM, augmentation, seed): the same TrainConfig gives the same members.
+  ExecConfig   how that computation is run, never what it gives (to float tolerance):
+               the strategy, the chunk of steps between host visits, steps and members
+               per compiled program, the checkpoint cadence.
+
+    EnsembleTrainer(ModelConfig(), TrainConfig(steps=600), ExecConfig(strategy="vmap"))
+    run_sweep(out, SweepConfig(), ModelConfig(), TrainConfig(), ExecConfig())
+
+A run directory's config.json holds them under "train" and "exec" (`rundir.upgrade_config`
+reads older runs, which kept the execution fields under "train")."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,15 +39,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = None        # per member: each member's own gradient norm
     sigma: float = 1.0                    # target Gaussian std, in heatmap pixels
-    seed: int = 0
-    strategy: str = "auto"
-    chunk_size: int = 50                  # steps between host visits (progress, checkpoints)
-    steps_per_program: int = 0            # steps per compiled program; 0 = per backend
-    members_per_program: int = 4          # 'unrolled': members traced into one program (compile
-                                          # time grows with it; 2 cores gain little past 4)
+    seed: int = 0                         # feeds the members' keys only (not the step)
     track_aum: bool = True
     aum_radius: float = 2.0               # heatmap pixels; competitor must lie farther
-    checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
     deterministic: bool = False           # bit-reproducible on GPUs too (training/determinism.py)
     augment: AugmentConfig = AugmentConfig()  # training/augment.py; off unless enabled
     epochs: float | None = None           # when set, a sweep sets steps from it and the
@@ -56,12 +62,6 @@ class TrainConfig:
             bad("learning_rate", "must be > 0")
         if self.schedule not in SCHEDULES:
             bad("schedule", f"unknown schedule; choose one of {SCHEDULES}")
-        if self.strategy not in STRATEGIES:
-            bad("strategy", f"unknown strategy; choose one of {STRATEGIES}")
-        if self.chunk_size < 1:
-            bad("chunk_size", "must be >= 1")
-        if self.members_per_program < 1:
-            bad("members_per_program", "must be >= 1")
         if not self.sigma > 0:
             bad("sigma", "must be > 0")
         if self.clip_norm is not None and not self.clip_norm > 0:
@@ -69,8 +69,6 @@ class TrainConfig:
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
             if self.warmup_steps:
                 bad("warmup_steps", f"must be in [0, steps={self.steps})")
-        if self.checkpoint_every < 0:
-            bad("checkpoint_every", "must be >= 0")
         if self.epochs is not None and not self.epochs > 0:
             bad("epochs", "must be > 0 or None")
 
@@ -91,3 +89,28 @@ class TrainConfig:
         parts.append(optax.adamw(lr, weight_decay=self.weight_decay) if self.weight_decay
                      else optax.adam(lr))
         return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecConfig:
+    """How the members' training is executed (see the module docstring); any value trains
+    the same members, so compiled steps never key on it."""
+    strategy: str = "auto"                # training/strategies.py; 'auto' measures them
+    chunk_size: int = 50                  # steps between host visits (progress, checkpoints)
+    steps_per_program: int = 0            # steps per compiled program; 0 = per backend
+    members_per_program: int = 4          # 'unrolled': members traced into one program (compile
+                                          # time grows with it; 2 cores gain little past 4)
+    checkpoint_every: int = 0             # steps; 0 = only at the end (when a dir is given)
+
+    def __post_init__(self) -> None:
+        def bad(name, why):
+            raise ValueError(f"ExecConfig.{name}={getattr(self, name)!r}: {why}")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"unknown strategy; choose one of {STRATEGIES}")
+        for name, least in (("chunk_size", 1), ("members_per_program", 1),
+                            ("checkpoint_every", 0), ("steps_per_program", 0)):
+            if getattr(self, name) < least:
+                bad(name, f"must be >= {least}")
+
+
+EXEC_FIELDS = tuple(f.name for f in dataclasses.fields(ExecConfig))

@@ -120,14 +120,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def padded_members(m: int, mesh: Mesh) -> int:
-    d = n_shards(mesh)
-    return d * math.ceil(m / d)
-
-
 def pad_index(m: int, mesh: Mesh) -> np.ndarray:
-    """int32 [M_pad]: padded slot -> real member (cyclic)."""
-    return (np.arange(padded_members(m, mesh)) % m).astype(np.int32)
+    """int32 [M_pad]: padded slot -> real member (cyclic), M_pad = D * ceil(M / D)."""
+    return (np.arange(n_shards(mesh) * math.ceil(m / n_shards(mesh))) % m).astype(np.int32)
 
 
 def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -139,10 +134,6 @@ def put_global(x: Any, sharding: NamedSharding) -> jax.Array:
 
 def put_members(tree: Any, mesh: Mesh) -> Any:
     return tree_map(lambda x: put_global(x, member_sharding(mesh)), tree)
-
-
-def put_replicated(tree: Any, mesh: Mesh) -> Any:
-    return tree_map(lambda x: put_global(x, replicated(mesh)), tree)
 
 
 def to_host(tree: Any) -> Any:
@@ -186,23 +177,9 @@ def gather_blocks(block: Any, m: int) -> Any:
         return block
     from jax.experimental import multihost_utils
     share = math.ceil(m / jax.process_count())
-
-    def pad(x):
-        x = np.asarray(x)
-        if x.shape[0] < share:
-            fill = np.zeros((share - x.shape[0],) + x.shape[1:], x.dtype)
-            x = np.concatenate([x, fill])
-        return x
+    pad = lambda x: np.pad(np.asarray(x), [(0, share - len(x))] + [(0, 0)] * (np.ndim(x) - 1))
     stacked = multihost_utils.process_allgather(tree_map(pad, block), tiled=False)
     return tree_map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:])[:m], stacked)
-
-
-def process_index() -> int:
-    return jax.process_index()
-
-
-def process_count() -> int:
-    return jax.process_count()
 
 
 def predict_gathered(result: Any, images: np.ndarray) -> Any:

@@ -5,6 +5,8 @@ so a member's trajectory depends only on its own key, subset and the shared data
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -132,6 +134,23 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
     return deterministic_step
 
 
+def member_step_for(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
+                    n_keypoints: int) -> Callable:
+    """`make_member_step` of this network on images `image_hw`, one per configuration but
+    the seed (it only feeds the members' keys): fits differing in seed or in execution
+    (ExecConfig) share one step, hence their compiled programs."""
+    return _member_step(model_config, dataclasses.replace(train_config, seed=0),
+                        tuple(image_hw), n_keypoints)
+
+
+@functools.lru_cache(maxsize=32)
+def _member_step(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
+                 n_keypoints: int) -> Callable:
+    stride = model_config.output_stride
+    return make_member_step(HeatmapNet(model_config, n_keypoints), train_config.optimizer(),
+                            train_config, (image_hw[0] // stride, image_hw[1] // stride), stride)
+
+
 def make_train(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
                n_keypoints: int, n_steps: int | None = None) -> Callable:
     """The whole specification of one member's training as one pure function:
@@ -143,11 +162,8 @@ def make_train(model_config: Any, train_config: TrainConfig, image_hw: tuple[int
     every step of the schedule). `jax.vmap(train)` over stacked inputs is the whole
     ensemble; every strategy, chunking and sharding of `EnsembleTrainer` computes this
     function (tests/accelerator_paths_worker.py checks each against it), faster."""
-    model = HeatmapNet(model_config, n_keypoints)
-    tx = train_config.optimizer()
-    stride = model_config.output_stride
-    hw = (image_hw[0] // stride, image_hw[1] // stride)
-    member_step = make_member_step(model, tx, train_config, hw, stride)
+    model, tx = HeatmapNet(model_config, n_keypoints), train_config.optimizer()
+    member_step = member_step_for(model_config, train_config, tuple(image_hw), n_keypoints)
     steps = train_config.steps if n_steps is None else int(n_steps)
 
     def train(inputs: MemberInputs, images: jnp.ndarray, keypoints: jnp.ndarray):

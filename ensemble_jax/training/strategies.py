@@ -9,8 +9,8 @@ stacked state, so they agree to float tolerance and can be swapped freely:
               shifted copies (ModelConfig.conv_impl="matmul"): under vmap, batched matrix
               products instead of grouped convolutions (more memory: 9 copies per 3x3).
               The caller passes the member step of that network.
-  unrolled    one program per group of `members_per_program` members, traced one after the
-              other (no grouped convs); XLA schedules the independent members together.
+  unrolled    one program per group of `ExecConfig.members_per_program` members, traced in
+              turn (no grouped convs); XLA schedules the independent members together.
   sequential  the reference loop: one single-member program, called for each member.
 
 A chunk is a run of compiled programs of at most `steps_per_program` steps (on
@@ -358,13 +358,11 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
     key = cache_key(**cache_facts)
     cached = load_cached(key)
     # Every process must run the same programs: process 0's cache and choice decide.
-    if sharding.agree(1 if cached else 0) and jax.process_count() > 1:
+    if sharding.agree(1 if cached else 0):
         chosen = ALL[sharding.agree(ALL.index(cached["chosen"]) if cached else 0)]
-        logs.info(f"strategy: {chosen} (process 0's cached measurement)")
-        return make(chosen), {"chosen": chosen, "how": "cached"}
-    if cached and jax.process_count() == 1:
-        logs.info(f"strategy: {cached['chosen']} (cached measurement for this backend and shapes)")
-        return make(cached["chosen"]), dict(cached, how="cached")
+        logs.info(f"strategy: {chosen} (cached measurement for this backend and shapes"
+                  + (", process 0's)" if jax.process_count() > 1 else ")"))
+        return make(chosen), dict(cached or {}, chosen=chosen, how="cached")
     timed = timed_probe_steps(train_steps, len(names))
     table, runners, failed = {}, {}, {}
     probe_steps = 0

@@ -18,9 +18,9 @@ from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
 from ensemble_jax.subsets import SubsetError, validate_masks
 from ensemble_jax.training import backend, crn, sharding, strategies
 from ensemble_jax.training.checkpoint import Checkpointer
-from ensemble_jax.training.config import TrainConfig
+from ensemble_jax.training.config import ExecConfig, TrainConfig
 from ensemble_jax.training.result import EnsembleResult
-from ensemble_jax.training.step import MemberInputs, MemberState, init_member, make_member_step
+from ensemble_jax.training.step import MemberInputs, MemberState, init_member, member_step_for
 from ensemble_jax import logs
 
 
@@ -72,14 +72,12 @@ def member_inputs(counts: np.ndarray, member_ids: np.ndarray, tc: TrainConfig,
 
 @dataclasses.dataclass
 class _Setup:
-    model: HeatmapNet
     member_step: Callable
-    states: MemberState
+    states: MemberState       # [M] stacked; with a mesh padded to whole device blocks
     inputs: MemberInputs
     images: jax.Array
     keypoints: jax.Array
     mesh: Any = None          # jax.sharding.Mesh when sharded over devices, else None
-    n_real: int = 0           # real members (states/inputs may carry padded copies)
 
 
 def _check_stages(stages: Sequence[tuple[int, Any]], steps: int) -> list[int]:
@@ -95,19 +93,21 @@ def _check_stages(stages: Sequence[tuple[int, Any]], steps: int) -> list[int]:
 class EnsembleTrainer:
     """Usage::
 
-        trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600))
+        trainer = EnsembleTrainer(ModelConfig(), TrainConfig(steps=600), ExecConfig())
         result = trainer.fit(train_set, nested_subsets(train_set.n_frames, [.1, .5, .9], 3))
         preds = result.predict(test_set.images)
 
-    What it computes is `jax.vmap(step.make_train(...))` over the members' inputs; what it
-    adds is speed (a strategy, chunks of compiled steps, sharding) and the host's side
-    (progress, checkpoints, resume).
+    What it computes is `jax.vmap(step.make_train(...))` over the members' inputs, fixed by
+    the model and train configs; what `exec_config` adds is speed (a strategy, chunks of
+    compiled steps, sharding) and the host's side (progress, checkpoints, resume).
     """
 
     def __init__(self, model_config: ModelConfig | None = None,
-                 train_config: TrainConfig | None = None):
+                 train_config: TrainConfig | None = None,
+                 exec_config: ExecConfig | None = None):
         self.model_config = model_config or ModelConfig()
         self.train_config = train_config or TrainConfig()
+        self.exec_config = exec_config or ExecConfig()
 
     # ------------------------------------------------------------------ set-up
     def _check(self, dataset: Any, masks: Any) -> np.ndarray:
@@ -125,77 +125,62 @@ class EnsembleTrainer:
             raise DatasetError("fit: the dataset has no labeled keypoint at all")
         return counts
 
-    def _device_inputs(self, inputs: MemberInputs, mesh: Any) -> MemberInputs:
-        if mesh is None:
-            return jax.tree_util.tree_map(jnp.asarray, inputs)
-        pad = sharding.pad_index(inputs.subset_size.shape[0], mesh)
-        return sharding.put_members(jax.tree_util.tree_map(lambda x: x[pad], inputs), mesh)
-
     def setup(self, dataset: KeypointDataset, counts: np.ndarray, member_ids: np.ndarray,
               lr_scale: np.ndarray, images: np.ndarray | None = None, mesh: Any = None,
               width: int | None = None, block_ids: np.ndarray | None = None) -> _Setup:
         mc, tc = self.model_config, self.train_config
-        model = HeatmapNet(mc, dataset.n_keypoints)
         h, w = dataset.images.shape[1:3]
-        member_step = _member_step(mc, _step_key(tc), (h, w), dataset.n_keypoints)
+        member_step = member_step_for(mc, tc, (h, w), dataset.n_keypoints)
         host_inputs = member_inputs(counts, member_ids, tc, lr_scale, width, block_ids)
         # One compiled single-member init, called per member (its compile is slow on CPU
         # and would otherwise recur for every ensemble size); values equal a vmapped init.
-        init_one = _init_fn(mc, dataclasses.replace(_step_key(tc), deterministic=False),
+        # (keyed without the seed, which only feeds the keys, and without `deterministic`:
+        # the init has no matmul to make exact)
+        init_one = _init_fn(mc, dataclasses.replace(tc, seed=0, deterministic=False),
                             (h, w, dataset.images.shape[3]), dataset.n_frames,
-                            dataset.n_keypoints)   # (the init has no matmul to make exact)
-        imgs = dataset.images if images is None else images
-        m = int(counts.shape[0])
-        inputs = self._device_inputs(host_inputs, mesh)
-        if mesh is not None:
-            pad = sharding.pad_index(m, mesh)
-            host = jax.device_get(_init_each(init_one, host_inputs.key))
-            states = sharding.put_members(
-                jax.tree_util.tree_map(lambda *xs: np.stack(xs)[pad], *host), mesh)
-            return _Setup(model, member_step, states, inputs,
-                          sharding.put_global(imgs, sharding.replicated(mesh)),
-                          sharding.put_global(dataset.keypoints, sharding.replicated(mesh)),
-                          mesh=mesh, n_real=m)
+                            dataset.n_keypoints)
         states = _stack(_init_each(init_one, host_inputs.key))
-        # Committed to its device, as the states restored from a checkpoint are: jit
-        # keys its compiled programs on that too, so a resume would otherwise compile
-        # every chunk program a second time.
-        states = jax.device_put(states, jax.tree_util.tree_leaves(states)[0].sharding)
-        return _Setup(model, member_step, states, inputs, jnp.asarray(imgs),
-                      jnp.asarray(dataset.keypoints), n_real=m)
+        shared = [dataset.images if images is None else images, dataset.keypoints]
+        shared = ([jnp.asarray(x) for x in shared] if mesh is None else
+                  [sharding.put_global(x, sharding.replicated(mesh)) for x in shared])
+        return _Setup(member_step, _place(states, mesh), _place(host_inputs, mesh), *shared,
+                      mesh=mesh)
 
     def runner(self, s: _Setup, name: str, members_per_program: int | None = None
                ) -> strategies.Runner:
         """The (cached) runner of strategy `name` for this setup's members and devices; it
         trains `Strategy.model_config` of this network (the same function and parameters)."""
-        tc = self.train_config
         strategy = strategies.get(name)
-        mc = strategy.model_config(self.model_config)
-        step = s.member_step if mc == self.model_config else _member_step(
-            mc, _step_key(tc), tuple(s.images.shape[1:3]), int(s.keypoints.shape[1]))
-        paths = backend.path_backend()
-        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
-        return _runner(strategy, step, spp, int(s.inputs.subset_size.shape[0]),
-                       members_per_program or tc.members_per_program, s.mesh, paths)
+        step = member_step_for(strategy.model_config(self.model_config), self.train_config,
+                               tuple(s.images.shape[1:3]), int(s.keypoints.shape[1]))
+        return _runner(strategy, step, self._steps_per_program(),
+                       int(s.inputs.subset_size.shape[0]),
+                       members_per_program or self.exec_config.members_per_program, s.mesh,
+                       backend.path_backend())
+
+    def _steps_per_program(self) -> int:
+        ec = self.exec_config
+        return ec.steps_per_program or strategies.default_steps_per_program(
+            backend.path_backend(), ec.chunk_size)
 
     def choose_strategy(self, s: _Setup) -> tuple[Any, dict]:
         """The runner of the configured strategy, or `strategies.autotune`'s for 'auto'."""
-        tc = self.train_config
-        if tc.strategy != "auto":
-            return self.runner(s, tc.strategy), {"chosen": tc.strategy,
-                                                 "how": "fixed by TrainConfig"}
+        tc, ec = self.train_config, self.exec_config
+        if ec.strategy != "auto":
+            return self.runner(s, ec.strategy), {"chosen": ec.strategy,
+                                                 "how": "fixed by ExecConfig"}
         m = int(s.inputs.subset_size.shape[0])
-        paths = backend.path_backend()
-        spp = tc.steps_per_program or strategies.default_steps_per_program(paths, tc.chunk_size)
         facts = dict(model=dataclasses.asdict(self.model_config), members=m,
                      images=tuple(s.images.shape), batch=tc.batch_size,
-                     group=tc.members_per_program, aum=tc.track_aum, spp=spp)
+                     group=ec.members_per_program, aum=tc.track_aum,
+                     spp=self._steps_per_program())
         local = m
         if s.mesh is not None:   # the strategy applies inside each device, to its block
             local = m // sharding.n_shards(s.mesh)
             facts["mesh"] = (sharding.n_shards(s.mesh), jax.process_count())
         return strategies.autotune(
-            lambda name: self.runner(s, name), strategies.candidates(paths, local), facts,
+            lambda name: self.runner(s, name),
+            strategies.candidates(backend.path_backend(), local), facts,
             (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size)
 
     # ---------------------------------------------------------------- training
@@ -216,8 +201,8 @@ class EnsembleTrainer:
         lr_scale: float [M], multiplies each member's updates (default 1).
         member_ids: int [M], the members' identities for their PRNG keys (default 0..M-1);
             a member trained alone with its id and subset gets the same parameters.
-        checkpoint_dir / resume: orbax checkpoints every `checkpoint_every` steps; with
-            resume=True the latest one is restored and training continues from it.
+        checkpoint_dir / resume: orbax checkpoints every `ExecConfig.checkpoint_every`
+            steps; with resume=True the latest one is restored and training continues.
         images: optional float [n, H, W, C] replacing dataset.images on device (testing).
         stop_after: stop (as if interrupted) once this many steps are done; the schedule
             still assumes `steps`, so a resume continues exactly.
@@ -228,7 +213,7 @@ class EnsembleTrainer:
         block_ids: int [M], with TrainConfig(crn=True) only: members of a block share their
             key (init, draws); default one block (training/crn.py).
         """
-        tc = self.train_config
+        tc, ec = self.train_config, self.exec_config
         if (masks is None) == (stages is None):
             raise ValueError("fit: give either masks or stages")
         staged = stages is not None
@@ -256,7 +241,7 @@ class EnsembleTrainer:
         s = self.setup(dataset, counts, member_ids, lr_scale, images, mesh=mesh, width=width,
                        block_ids=block_ids)
         runner, strategy_info = self.choose_strategy(s)
-        stage_inputs = [s.inputs] + [self._device_inputs(member_inputs(
+        stage_inputs = [s.inputs] + [_place(member_inputs(
             c, member_ids, tc, lr_scale, width, block_ids), mesh) for c in all_counts[1:]]
         # The setup's initial states are no longer needed once the probe ran: without this,
         # a third copy of every member's state stays on the device while training.
@@ -264,11 +249,9 @@ class EnsembleTrainer:
         losses = np.full((tc.steps, m), np.nan, np.float32)
         keys = training_keys(tc, member_ids, block_ids)
         step = 0
-        if mesh is None:
-            real = lambda st: st
-        else:   # checkpoints hold the m real members only, laid out independently of padding
-            ck_sharding = sharding.checkpoint_sharding(m, mesh)
-            real = lambda st: sharding.first_members(st, m, ck_sharding)
+        # checkpoints hold the m real members only, laid out independently of padding
+        real = (lambda st: st) if mesh is None else functools.partial(
+            sharding.first_members, m=m, sharding=sharding.checkpoint_sharding(m, mesh))
         ckpt = (Checkpointer(checkpoint_dir, resume=resume)
                 if checkpoint_dir is not None else None)
         if ckpt is not None and resume and ckpt.latest_step() is not None:
@@ -283,22 +266,19 @@ class EnsembleTrainer:
         setup_s = time.perf_counter() - t_setup
 
         bar = _progress(tc.steps, m, step, progress)
-        t_train = time.perf_counter()
-        steps_run = 0
-        every = tc.checkpoint_every
+        t_train, first = time.perf_counter(), step
+        every = ec.checkpoint_every
         end = tc.steps if stop_after is None else min(tc.steps, stop_after)
         bounds = starts[1:] + [tc.steps]
         while step < end:
             k = int(np.searchsorted(starts, step, side="right")) - 1     # the stage of step
-            n = min(tc.chunk_size, end - step, bounds[k] - step)
+            n = min(ec.chunk_size, end - step, bounds[k] - step)
             if every:
                 n = min(n, every - step % every)
             states, chunk_losses = runner(states, stage_inputs[k], s.images, s.keypoints,
                                           step, n)
-            chunk_losses = chunk_losses[:, :m]
-            losses[step:step + n] = chunk_losses
+            losses[step:step + n] = chunk_losses = chunk_losses[:, :m]
             step += n
-            steps_run += n
             if ckpt is not None and ((every and step % every == 0) or step == end):
                 ckpt.save(step, {"states": real(states), "losses": losses,
                                  "member_keys": keys, "masks": counts})
@@ -313,40 +293,41 @@ class EnsembleTrainer:
             bar.close()
         if ckpt is not None:
             ckpt.close()
-        host = sharding.to_host(states)
-        if mesh is not None:
-            host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], host)
-        alive = np.asarray(host.alive)
+        host = jax.tree_util.tree_map(lambda x: np.asarray(x)[:m], sharding.to_host(states))
+        alive = host.alive
         for i in np.flatnonzero(~alive):
             logs.warning(f"warning: member {i} diverged at step {int(host.diverged_at[i])} "
                          "(non-finite loss or weights); it was frozen and is excluded from "
                          "consensus and influence")
-        timing = {"setup_s": setup_s, "train_s": train_s, "steps_run": steps_run,
-                  "steps_per_s": steps_run / train_s if train_s > 0 else float("nan"),
-                  "images_per_s": steps_run * m * tc.batch_size / train_s if train_s > 0
-                  else float("nan"),
-                  "strategy": strategy_info}
+        timing = speed(setup_s, train_s, step - first, (step - first) * m * tc.batch_size,
+                       strategy_info)
         if staged:
             timing["stage_starts"] = starts
         return EnsembleResult(
             model_config=self.model_config, train_config=tc, params=host.params,
             masks=all_counts[-1], bodyparts=list(dataset.bodyparts),
-            image_shape=dataset.image_shape, aum_sum=np.asarray(host.aum_sum),
-            aum_count=np.asarray(host.aum_count), losses=losses, alive=alive,
-            diverged_at=np.asarray(host.diverged_at), strategy=runner.name, timing=timing)
+            image_shape=dataset.image_shape, aum_sum=host.aum_sum, aum_count=host.aum_count,
+            losses=losses, alive=alive, diverged_at=host.diverged_at, strategy=runner.name,
+            timing=timing)
 
 
-def _step_key(tc: TrainConfig) -> TrainConfig:
-    """The settings the compiled step depends on (not the seed, strategy or chunking), so
-    fits that differ only in those share compiled programs."""
-    return dataclasses.replace(tc, seed=0, strategy="auto", chunk_size=1, checkpoint_every=0,
-                               steps_per_program=0, members_per_program=1)
+def speed(setup_s: float, train_s: float, steps: int, images: int, strategy: dict) -> dict:
+    """A fit's timing: setup and training seconds, ensemble steps and images per second."""
+    per_s = lambda x: x / train_s if train_s > 0 else float("nan")
+    return {"setup_s": setup_s, "train_s": train_s, "steps_run": steps,
+            "steps_per_s": per_s(steps), "images_per_s": per_s(images), "strategy": strategy}
 
 
-@functools.lru_cache(maxsize=32)
-def _member_step(mc: ModelConfig, tc: TrainConfig, image_hw: tuple[int, int], k: int):
-    hw = (image_hw[0] // mc.output_stride, image_hw[1] // mc.output_stride)
-    return make_member_step(HeatmapNet(mc, k), tc.optimizer(), tc, hw, mc.output_stride)
+def _place(tree: Any, mesh: Any) -> Any:
+    """A stacked [M, ...] tree on the device(s). One device: committed to it, as states
+    restored from a checkpoint are (jit keys its programs on that too, so a resume would
+    otherwise compile every chunk program a second time). A mesh: padded once, cyclically,
+    to whole device blocks (`sharding.pad_index`) and sharded over its devices."""
+    if mesh is None:
+        return jax.device_put(tree, jax.local_devices()[0])
+    pad = sharding.pad_index(int(jax.tree_util.tree_leaves(tree)[0].shape[0]), mesh)
+    return sharding.put_members(jax.tree_util.tree_map(lambda x: np.asarray(x)[pad], tree),
+                                mesh)
 
 
 @functools.lru_cache(maxsize=16)
@@ -369,10 +350,9 @@ def _init_each(init_one: Callable, keys: np.ndarray) -> list:
 _stack = jax.jit(lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees))
 
 
-@functools.lru_cache(maxsize=64)
-def _runner(strategy: strategies.Strategy, member_step: Callable, spp: int, m: int,
-            per_program: int, mesh: Any, paths: str) -> strategies.Runner:
-    return strategies.Runner(strategy, member_step, spp, m, per_program, mesh, paths)
+# One Runner (and its compiled programs) per strategy, step, program length, members,
+# group size, mesh and backend paths.
+_runner = functools.lru_cache(maxsize=64)(strategies.Runner)
 
 
 def _progress(total: int, members: int, initial: int, enabled: bool):

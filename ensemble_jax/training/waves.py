@@ -104,9 +104,10 @@ def default_memory_budget(device: Any = None) -> tuple[int | None, str, str | No
 
 
 def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
-                          dataset: KeypointDataset, *, measure: bool = True) -> int:
-    """Device bytes one member needs while training (see the module docstring)."""
-    from ensemble_jax.training.trainer import _member_step, _step_key
+                          dataset: KeypointDataset, *, measure: bool = True,
+                          strategy: str = "auto") -> int:
+    """Device bytes one member needs while training `strategy` (see the module docstring)."""
+    from ensemble_jax.training.step import member_step_for
     h, w, c = dataset.image_shape
     k, n = dataset.n_keypoints, dataset.n_frames
     model = HeatmapNet(model_config, k)
@@ -121,30 +122,22 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
         # A strategy may train the network in another form ('vmap_matmul': convolutions
         # over kh*kw shifted copies of their input): size the waves for the largest form
         # among those the strategy (or 'auto', any of them) can run.
-        names = strategies.ALL if train_config.strategy == "auto" else (train_config.strategy,)
+        names = strategies.ALL if strategy == "auto" else (strategy,)
         configs = {strategies.get(name).model_config(model_config) for name in names}
+        args = (state, MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
+                                    jax.ShapeDtypeStruct((), jnp.int32),
+                                    jax.ShapeDtypeStruct((), jnp.float32)),
+                jax.ShapeDtypeStruct((), jnp.int32),
+                jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8),
+                jax.ShapeDtypeStruct((n, k, 2), jnp.float32))
         try:
-            ins = MemberInputs(key, jax.ShapeDtypeStruct((n,), jnp.int32),
-                               jax.ShapeDtypeStruct((), jnp.int32),
-                               jax.ShapeDtypeStruct((), jnp.float32))
-            temps = []
-            for mc in configs:
-                step = _member_step(mc, _step_key(train_config), (h, w), k)
-                compiled = jax.jit(step).lower(
-                    state, ins, jax.ShapeDtypeStruct((), jnp.int32),
-                    jax.ShapeDtypeStruct((n, h, w, c), jnp.uint8),
-                    jax.ShapeDtypeStruct((n, k, 2), jnp.float32)).compile()
-                temps.append(int(compiled.memory_analysis().temp_size_in_bytes))
-            temp = max(temps)
+            temp = max(int(jax.jit(member_step_for(mc, train_config, (h, w), k)).lower(*args)
+                           .compile().memory_analysis().temp_size_in_bytes) for mc in configs)
         except Exception:
             temp = None
-    if temp is None:   # activations: each stage's feature maps, forward + backward
-        b = train_config.batch_size
-        temp = 0
-        hh, ww = h, w
-        for width in model_config.widths:
-            temp += 3 * 4 * b * hh * ww * width
-            hh, ww = hh // 2, ww // 2
+    if temp is None:   # activations: each stage's feature maps (halved), forward + backward
+        temp = sum(3 * 4 * train_config.batch_size * (h >> i) * (w >> i) * width
+                   for i, width in enumerate(model_config.widths))
     return 2 * state_bytes + temp
 
 
@@ -196,17 +189,14 @@ def merge_results(results: list[EnsembleResult]) -> EnsembleResult:
     cat = lambda attr, axis=0: np.concatenate([getattr(r, attr) for r in results], axis)
     params = jax.tree_util.tree_map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]),
                                     *[r.params for r in results])
-    train_s = sum(r.timing["train_s"] for r in results)
-    steps = max(r.timing["steps_run"] for r in results)
+    from ensemble_jax.training.trainer import speed
+    total = lambda key: sum(r.timing[key] for r in results)
     member_steps = sum(r.timing["steps_run"] * r.n_members for r in results)
-    timing = {"setup_s": sum(r.timing["setup_s"] for r in results), "train_s": train_s,
-              "steps_run": steps,
-              "steps_per_s": steps / train_s if train_s > 0 else float("nan"),
-              "images_per_s": member_steps * first.train_config.batch_size / train_s
-              if train_s > 0 else float("nan"),
-              "strategy": first.timing["strategy"],
-              "waves": [{"members": r.n_members, "train_s": r.timing["train_s"],
-                         "strategy": r.strategy} for r in results]}
+    timing = dict(speed(total("setup_s"), total("train_s"),
+                        max(r.timing["steps_run"] for r in results),
+                        member_steps * first.train_config.batch_size, first.timing["strategy"]),
+                  waves=[{"members": r.n_members, "train_s": r.timing["train_s"],
+                          "strategy": r.strategy} for r in results])
     return dataclasses.replace(
         first, params=params, masks=cat("masks"), aum_sum=cat("aum_sum"),
         aum_count=cat("aum_count"), losses=cat("losses", 1), alive=cat("alive"),
