@@ -164,7 +164,6 @@ def epochs_steps(base_steps, fractions):
 def _collect(args, log=print):
     """(runs by fraction, fractions, seeds, steps per fraction, base Run). With budget
     steps one shared run holds every fraction; with epochs one run per fraction."""
-    import numpy as np
     sweep, _, train = common.sweep_configs(args, **common.PAIRED_NESTED)
     fracs = list(sweep.fractions)
     if args.budget == "steps":
@@ -216,7 +215,6 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from ensemble_jax import io as eio
-    from ensemble_jax.analysis import metrics
     from ensemble_jax.analysis.report import write_section
     from ensemble_jax.training.result import consensus
 

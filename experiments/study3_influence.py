@@ -125,7 +125,6 @@ def main(argv=None) -> dict:
     tail = {}
     for m in METRICS:
         v = eff[m][np.isfinite(eff[m])]
-        zz = zsc[m][np.isfinite(zsc[m])]
         a = np.sort(np.abs(v))[::-1]
         top1 = max(1, int(round(0.01 * a.size))) if a.size else 0
         med = float(np.median(a)) if a.size else float("nan")
