@@ -109,6 +109,24 @@ def plant(case: str, dest: Path, seed: int, fraction: float = 0.1) -> tuple[Path
     raise ValueError(case)
 
 
+def _differing_frames(case: str, data: Path, info: dict) -> set[str]:
+    """The planted frames: those whose labels differ from the original project's."""
+    from ensemble_jax.data.load import load_dataset
+    new, old = load_dataset(data, image_size=32), load_dataset(CASES[case], image_size=32)
+    assert list(new.frame_ids) == list(old.frame_ids)
+    differ = ~np.isclose(new.keypoints, old.keypoints, equal_nan=True).all((1, 2))
+    planted = {f for f, d in zip(new.frame_ids, differ) if d}
+    assert len(planted) == len(info["rows"]), (len(planted), len(info["rows"]))
+    return planted
+
+
+def planted_frames(case: str, seed: int) -> set[str]:
+    """Frame ids that `plant(case, ..., seed)` changes (a real case)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, info = plant(case, Path(tmp), seed)
+        return _differing_frames(case, data, info)
+
+
 def _cli(*args: str, log: Path) -> float:
     t0 = time.perf_counter()
     with open(log, "a") as fh:
@@ -199,14 +217,7 @@ def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Pat
     else:
         with tempfile.TemporaryDirectory() as tmp:
             data, info = plant(case, Path(tmp), seed)
-            from ensemble_jax.data.load import load_dataset
-            # The planted frames: those whose labels differ from the original project's.
-            new, old = load_dataset(data, image_size=32), load_dataset(CASES[case],
-                                                                       image_size=32)
-            assert list(new.frame_ids) == list(old.frame_ids)
-            differ = ~np.isclose(new.keypoints, old.keypoints, equal_nan=True).all((1, 2))
-            planted = {f for f, d in zip(new.frame_ids, differ) if d}
-            assert len(planted) == len(info["rows"]), (len(planted), len(info["rows"]))
+            planted = _differing_frames(case, data, info)
             t_sweep = 0.0 if reuse and (run / "summary.json").exists() else _cli(
                 "sweep", "--data", str(data), "--out", str(run), *common, log=log)
             t_an = _cli("analyze", str(run), "--quiet", log=log)
