@@ -433,7 +433,8 @@ def main(argv=None) -> dict:
                        "Change of the test error at each step (mean over paired seeds and "
                        "test frames, black) with its 95% and family-wise intervals and each "
                        "seed's own change (x).")],
-                  tables=[table, step_table], order=10 if args.budget == "steps" else 11)
+                  tables=[table, step_table], order=10 if args.budget == "steps" else 11,
+                  conclusion=concl)
     print("\n".join(paras), flush=True)
     common.finish(args)
     print(f"study 1 done in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -464,7 +464,7 @@ def main(argv=None) -> dict:
                                 tail[m]["excess_kurtosis"], tail[m]["frac_p_below_0.05"],
                                 tail[m]["n_pairs_q_below_level"]]
                                for m in METRICS]}],
-                  order=30)
+                  order=30, conclusion=finding)
     print("\n".join(paras), flush=True)
     common.finish(args)
     print(f"study 3 done in {time.perf_counter() - t0:.0f} s", flush=True)
