@@ -79,6 +79,30 @@ def pca_within_fractions(E, fr):
     return within, pooled
 
 
+def conclusion(cum, pooled: dict, pc1_fraction_corr: float, pc1_fraction_p: float,
+               mean_corr: float, alpha: float = 0.05) -> dict:
+    """Study 2's stated conclusion as data: how much of the members' per-frame errors two
+    components share across all members and with each fraction's mean removed, and whether
+    subset size is resolved as a driver of PC1 (Pearson test at `alpha`)."""
+    import numpy as np
+    first_two = float(cum[1]) if len(cum) > 1 else float("nan")
+    pooled_two = float(pooled.get("first_two", float("nan")))
+    resolved = bool(np.isfinite(pc1_fraction_p) and pc1_fraction_p < alpha)
+    drives = "resolved" if resolved else "not resolved"
+    statement = (
+        f"The first two components explain {first_two:.0%} of the members' per-frame test "
+        f"errors across all members and {pooled_two:.0%} with each fraction's mean removed "
+        f"(mean pairwise correlation {mean_corr:.2f}): members' errors are "
+        f"{'strongly ' if pooled_two >= 0.8 else ''}correlated. An association of PC1 with "
+        f"subset fraction is {drives} (r = {pc1_fraction_corr:+.2f}, p = {pc1_fraction_p:.2g}).")
+    return {"statement": statement, "pca_first_two": first_two,
+            "pooled_within_fraction_first_two": pooled_two,
+            "mean_pairwise_correlation": float(mean_corr),
+            "pc1_vs_fraction_corr": float(pc1_fraction_corr),
+            "pc1_vs_fraction_p": float(pc1_fraction_p),
+            "subset_size_drives_pc1": {"resolved": resolved, "alpha": alpha}}
+
+
 def main(argv=None) -> dict:
     args = common.parse_args(__doc__.split("\n")[0], argv)
     common.setup()
@@ -204,7 +228,6 @@ def main(argv=None) -> dict:
 
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * M + 3), max(5.5, 0.42 * M + 2)),
                            layout="constrained")
-    lim = max(0.05, float(np.nanmax(np.abs(cvals)))) if cvals.size else 1.0
     im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks(range(M), names, rotation=90, fontsize=8)
     ax.set_yticks(range(M), names, fontsize=8)
@@ -296,7 +319,9 @@ def main(argv=None) -> dict:
         f"Without centring, a single component (the shared per-frame difficulty profile) "
         f"holds {uncentred_first:.0%} of the members' summed squared errors.")
 
+    concl = conclusion(cum, pooled, pc1_fraction_corr, pc1_fraction_p, corr["mean_all_pairs"])
     numbers = {"run": str(run.path), "members": live, "member_names": names,
+               "conclusion": concl,
                "n_test_frames_used": T, "n_test_frames": int(err.shape[1]),
                "units": "px (original image), per frame mean over labeled keypoints",
                "pca_explained_variance_ratio": ratio, "pca_cumulative": cum,
@@ -313,7 +338,8 @@ def main(argv=None) -> dict:
                "corr_with_mean_of_others": loo, "member_errors": E,
                "wall_s": time.perf_counter() - t0}
     common.write_numbers(out, numbers)
-    write_section(out, title="Study 2: correlated errors", paragraphs=paras, figures=[
+    write_section(out, title="Study 2: correlated errors", paragraphs=paras, conclusion=concl,
+                  figures=[
         ("pca.png", "Left: variance of the members' per-frame test errors explained by each "
                     "principal component across members (bars) and cumulatively (line; green: "
                     "with each fraction's mean removed). "

@@ -136,6 +136,17 @@ def test_study2_within_fraction_pca_removes_subset_size():
     for w in within.values():
         assert w["members"] == 4 and w["max_components"] == 3 and w["first"] > 0.8
         assert not w["first_two_trivial"]
+    # the stated conclusion: subset size resolved as PC1's driver here, not without it
+    from scipy import stats
+    r_fr, p_fr = stats.pearsonr(scores[:, 0], fr)
+    c = s2.conclusion(np.cumsum(ratio), pooled, r_fr, p_fr, 0.5)
+    assert c["subset_size_drives_pc1"]["resolved"] and "is resolved" in c["statement"]
+    E0 = 5 + rng.normal(0, 1, len(fr))[:, None] * member_pattern[None]   # no size effect
+    ratio0, scores0, _ = s2.pca_explained(E0)
+    r0, p0 = stats.pearsonr(scores0[:, 0], fr)
+    c0 = s2.conclusion(np.cumsum(ratio0), s2.pca_within_fractions(E0, fr)[1], r0, p0, 0.5)
+    assert c0["subset_size_drives_pc1"]["resolved"] == (p0 < 0.05)
+    assert "not resolved" in c0["statement"] or p0 < 0.05
 
 
 # ----------------------------------------------------------------- end to end (--quick)
@@ -204,6 +215,9 @@ def test_study2_states_pc1_vs_fraction(studies):
     text = " ".join(json.loads((out / "study2_correlated_errors" / "section.json")
                                .read_text())["paragraphs"])
     assert "pc1_vs_fraction_corr" in text
+    c = n2["conclusion"]
+    assert c["pc1_vs_fraction_corr"] == pytest.approx(n2["pc1_vs_fraction_corr"])
+    assert c["subset_size_drives_pc1"]["resolved"] == (n2["pc1_vs_fraction_p"] < 0.05)
 
 
 def test_study3_uses_the_valid_estimator_and_rule(studies):
