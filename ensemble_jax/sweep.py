@@ -312,6 +312,10 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
               "exec": dataclasses.asdict(exec_cfg), "members": int(masks.shape[0]), "layout": layout}
     if auto:
         config["auto"] = auto
+    if train_cfg.crn and cfg.plan == "nested":
+        # one crn block per nested seed: a seed's members share init and draws across
+        # fractions, so a seed-wise step isolates the added frames (training/crn.py)
+        config["crn_block_ids"] = [int(s) for s in layout["member_seed"]]
     if lr_scale is not None:
         lr_scale = np.asarray(lr_scale, np.float32)
         if lr_scale.shape != (masks.shape[0],):
@@ -403,7 +407,7 @@ def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
     result = waves.fit_waves(trainer, train, masks, prep.plan,
                              checkpoint_dir=out / "checkpoints", resume=resume,
                              progress=progress, lr_scale=prep.lr_scale,
-                             mesh=prep.mesh)
+                             mesh=prep.mesh, block_ids=prep.config.get("crn_block_ids"))
     if prep.unlabeled_members:       # never learned anything: excluded like diverged ones
         alive = np.asarray(result.alive, bool).copy()
         alive[prep.unlabeled_members] = False

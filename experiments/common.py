@@ -9,7 +9,7 @@ API (kept stable; new arguments are keyword-only with defaults):
 
   parse_args(description, argv=None, *, extra=None) -> argparse.Namespace
       --out (default runs/studies), --data, --format, --image-size (with --data default
-      128, 64 with --quick), --quick, --seed, --steps, --quiet. `extra(parser)` may add a study's own options.
+      128, 64 with --quick), --quick, --seed, --steps, --seeds, --quiet. `extra(parser)` may add a study's own options.
   sweep_configs(args, *, plan="nested", fractions=None, n_seeds=None, **sweep_overrides)
       -> (SweepConfig, ModelConfig, TrainConfig): the defaults of `ensemble-jax sweep`
       (15 members: fractions 0.1..0.9 x 3 seeds, 400 steps), or with --quick a tiny run
@@ -52,6 +52,9 @@ if str(REPO) not in sys.path:  # `python experiments/x.py` from anywhere
 
 DEFAULT_OUT = "runs/studies"
 DATA_IMAGE_SIZE = 128            # --data without --image-size
+# Studies 1-2's shared nested sweep: common random numbers with one block per nested seed
+# (sweep.py: config.json crn_block_ids), so a seed's members pair across fractions.
+PAIRED_NESTED = {"train_overrides": {"crn": True}}
 
 
 def setup() -> None:
@@ -87,6 +90,8 @@ def parse_args(description: str, argv: Sequence[str] | None = None, *,
                    help="a tiny run (seconds to a minute) that exercises every output")
     p.add_argument("--seed", type=int, default=None, help="data split / subset / init seed")
     p.add_argument("--steps", type=int, default=None, help="training steps per member")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="nested seeds of the shared sweep (default 3, 2 with --quick)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     if extra is not None:
         extra(p)
@@ -112,6 +117,8 @@ def sweep_configs(args: argparse.Namespace, *, plan: str = "nested",
         kw["fractions"] = tuple(fractions)
     if n_seeds is not None:
         kw["n_seeds"] = int(n_seeds)
+    elif getattr(args, "seeds", None) is not None:
+        kw["n_seeds"] = int(args.seeds)
     if args.seed is not None:
         kw["seed"] = int(args.seed)
     kw.update(sweep_overrides)

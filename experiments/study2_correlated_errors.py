@@ -8,7 +8,12 @@ the label, original-image px). Then, across members:
     80% in the first two);
   * the member-by-member Pearson correlation of the error vectors, split into pairs that
     share a seed (nested subsets) or a fraction and pairs that share neither;
-  * error traces over the test frames for the members of each fraction.
+  * error traces over the test frames for the members of each fraction;
+  * PCA within each fraction, and pooled within fractions (each member minus its fraction's
+    mean), with the correlation of across-all PC1 scores with the fraction
+    (`pc1_vs_fraction_corr`): how much of the across-all structure is subset size.
+The sweep is study 1's paired one (common random numbers, one block per seed), so pairs
+that share a seed also share initial weights and minibatch draws.
 
     python experiments/study2_correlated_errors.py [--out runs/studies] [--data PATH] [--quick]
 
@@ -42,6 +47,62 @@ def pca_explained(x):
     return ratio, u[:, :r] * s[:r], vt[:r]
 
 
+def pca_within_fractions(E, fr):
+    """PCA of the members of each fraction alone, and pooled: every member's error vector
+    minus its fraction's mean vector (the subset-size effect removed), PCA across all.
+    Returns ({fraction: record}, pooled record). A fraction with m members has at most
+    m - 1 components: with 3 members the first two always explain 100%."""
+    import numpy as np
+    within = {}
+    for f in sorted(set(np.round(fr, 6).tolist())):
+        sel = np.isclose(fr, f)
+        m = int(sel.sum())
+        rec = {"members": m, "max_components": max(m - 1, 0)}
+        if m >= 2:
+            r, _, _ = pca_explained(E[sel])
+            rec.update(explained=r, first=float(r[0]) if r.size else float("nan"),
+                       first_two=float(r[:2].sum()) if r.size else float("nan"),
+                       first_two_trivial=bool(m <= 3))
+        within[f"{f:g}"] = rec
+    centred = E.copy()
+    for f in set(np.round(fr, 6).tolist()):
+        sel = np.isclose(fr, f)
+        centred[sel] -= E[sel].mean(0, keepdims=True)
+    n_f = len(set(np.round(fr, 6).tolist()))
+    r, _, _ = pca_explained(centred)
+    pooled = {"members": int(E.shape[0]), "fractions": n_f,
+              "max_components": int(E.shape[0] - n_f), "explained": r,
+              "first": float(r[0]) if r.size else float("nan"),
+              "first_two": float(r[:2].sum()) if r.size else float("nan"),
+              "definition": "each member's per-frame errors minus its fraction's mean, "
+                            "then PCA across all members"}
+    return within, pooled
+
+
+def conclusion(cum, pooled: dict, pc1_fraction_corr: float, pc1_fraction_p: float,
+               mean_corr: float, alpha: float = 0.05) -> dict:
+    """Study 2's stated conclusion as data: how much of the members' per-frame errors two
+    components share across all members and with each fraction's mean removed, and whether
+    subset size is resolved as a driver of PC1 (Pearson test at `alpha`)."""
+    import numpy as np
+    first_two = float(cum[1]) if len(cum) > 1 else float("nan")
+    pooled_two = float(pooled.get("first_two", float("nan")))
+    resolved = bool(np.isfinite(pc1_fraction_p) and pc1_fraction_p < alpha)
+    drives = "resolved" if resolved else "not resolved"
+    statement = (
+        f"The first two components explain {first_two:.0%} of the members' per-frame test "
+        f"errors across all members and {pooled_two:.0%} with each fraction's mean removed "
+        f"(mean pairwise correlation {mean_corr:.2f}): members' errors are "
+        f"{'strongly ' if pooled_two >= 0.8 else ''}correlated. An association of PC1 with "
+        f"subset fraction is {drives} (r = {pc1_fraction_corr:+.2f}, p = {pc1_fraction_p:.2g}).")
+    return {"statement": statement, "pca_first_two": first_two,
+            "pooled_within_fraction_first_two": pooled_two,
+            "mean_pairwise_correlation": float(mean_corr),
+            "pc1_vs_fraction_corr": float(pc1_fraction_corr),
+            "pc1_vs_fraction_p": float(pc1_fraction_p),
+            "subset_size_drives_pc1": {"resolved": resolved, "alpha": alpha}}
+
+
 def main(argv=None) -> dict:
     args = common.parse_args(__doc__.split("\n")[0], argv)
     common.setup()
@@ -52,7 +113,7 @@ def main(argv=None) -> dict:
     from ensemble_jax.analysis.report import write_section
 
     t0 = time.perf_counter()
-    run = common.load_run(common.ensure_sweep(args))
+    run = common.load_run(common.ensure_sweep(args, **common.PAIRED_NESTED))
     out = common.study_dir(args, NAME)
     pred = run.predictions
     labels = pred["test_labels"]
@@ -84,6 +145,11 @@ def main(argv=None) -> dict:
     pc1_mean_err_corr = (float(np.corrcoef(scores[:, 0], E.mean(1))[0, 1])
                          if scores.shape[1] else float("nan"))
     top_load = np.argsort(-np.abs(comps[0]))[:5] if comps.shape[0] else np.array([], int)
+    within, pooled = pca_within_fractions(E, fr)
+    min_m = min(w["members"] for w in within.values())
+    from scipy import stats
+    pc1_fraction_p = (float(stats.pearsonr(scores[:, 0], fr)[1])
+                      if scores.shape[1] and np.std(fr) > 0 and M > 2 else float("nan"))
 
     # ----- correlation
     C = np.corrcoef(E)
@@ -129,6 +195,10 @@ def main(argv=None) -> dict:
         kk = np.arange(1, ratio_kp.size + 1)
         a1.plot(kk, np.cumsum(ratio_kp) * 100, "--", color="tab:orange", ms=3,
                 label="cumulative, keypoint-level errors")
+    if np.size(pooled["explained"]):
+        kp_ = np.arange(1, np.size(pooled["explained"]) + 1)
+        a1.plot(kp_, np.cumsum(pooled["explained"]) * 100, "-s", color="tab:green", ms=3,
+                label="cumulative, within fractions (fraction means removed)")
     a1.axhline(80, color="grey", ls=":", lw=1, label="80%")
     a1.set_xlabel("principal component (across members)")
     a1.set_ylabel("variance of test-frame errors explained (%)")
@@ -158,7 +228,6 @@ def main(argv=None) -> dict:
 
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * M + 3), max(5.5, 0.42 * M + 2)),
                            layout="constrained")
-    lim = max(0.05, float(np.nanmax(np.abs(cvals)))) if cvals.size else 1.0
     im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_xticks(range(M), names, rotation=90, fontsize=8)
     ax.set_yticks(range(M), names, fontsize=8)
@@ -227,11 +296,32 @@ def main(argv=None) -> dict:
             f"{pc1_fraction_corr:+.2f}; the test frames with the largest PC1 loadings are "
             + ", ".join(f"{common.short_id(ids_ok[t])} (mean error {E[:, t].mean():.1f} px)"
                         for t in top_load) + ".")
+    if scores.shape[1]:
+        paras.append(
+            f"Subset size and PC1: across all members PC1 correlates with the fraction at "
+            f"{pc1_fraction_corr:+.2f} (pc1_vs_fraction_corr; p = {pc1_fraction_p:.2g} over "
+            f"{M} members, Pearson t test): "
+            + ("subset size drives much of PC1, so the across-all shares mix the subset-size "
+               "effect into the correlation structure" if abs(pc1_fraction_corr) >= 0.5 and
+               pc1_fraction_p < 0.05 else "no strong association of PC1 with subset size is "
+               "resolved" if pc1_fraction_p >= 0.05 else "a moderate association")
+            + f". With each fraction's mean removed (pooled within-fraction PCA, "
+            f"{pooled['max_components']} components) the first component explains "
+            f"{pooled['first']:.0%} and the first two {pooled['first_two']:.0%}. Within each "
+            f"fraction alone: "
+            + ", ".join(f"{float(f):.0%}: PC1 {w['first']:.0%}" for f, w in within.items()
+                        if "first" in w)
+            + (f" (with {min_m} members per fraction at most {min_m - 1} components exist, "
+               "so the first two explain 100% by construction there; a within-fraction "
+               "comparison with the ~80% of the original study needs more seeds per "
+               "fraction)" if min_m <= 3 else "") + ".")
     paras.append(
         f"Without centring, a single component (the shared per-frame difficulty profile) "
         f"holds {uncentred_first:.0%} of the members' summed squared errors.")
 
+    concl = conclusion(cum, pooled, pc1_fraction_corr, pc1_fraction_p, corr["mean_all_pairs"])
     numbers = {"run": str(run.path), "members": live, "member_names": names,
+               "conclusion": concl,
                "n_test_frames_used": T, "n_test_frames": int(err.shape[1]),
                "units": "px (original image), per frame mean over labeled keypoints",
                "pca_explained_variance_ratio": ratio, "pca_cumulative": cum,
@@ -240,15 +330,19 @@ def main(argv=None) -> dict:
                "pca_keypoint_level_explained": ratio_kp,
                "uncentred_first_component": uncentred_first,
                "pca_scores": scores, "pc1_vs_fraction_corr": pc1_fraction_corr,
+               "pc1_vs_fraction_p": pc1_fraction_p,
+               "pca_within_fraction": within, "pca_pooled_within_fraction": pooled,
                "pc1_vs_mean_error_corr": pc1_mean_err_corr,
                "pc1_top_loading_frames": [ids_ok[t] for t in top_load],
                "correlation": corr, "correlation_matrix": C,
                "corr_with_mean_of_others": loo, "member_errors": E,
                "wall_s": time.perf_counter() - t0}
     common.write_numbers(out, numbers)
-    write_section(out, title="Study 2: correlated errors", paragraphs=paras, figures=[
+    write_section(out, title="Study 2: correlated errors", paragraphs=paras, conclusion=concl,
+                  figures=[
         ("pca.png", "Left: variance of the members' per-frame test errors explained by each "
-                    "principal component across members (bars) and cumulatively (line). "
+                    "principal component across members (bars) and cumulatively (line; green: "
+                    "with each fraction's mean removed). "
                     "Right: each member's scores on PC1 and PC2 (px), coloured by subset "
                     "fraction, shaped by seed."),
         ("correlation.png", "Pearson correlation between members' per-frame test-error "

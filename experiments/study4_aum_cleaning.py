@@ -7,7 +7,9 @@
    against the planted label noise: precision and recall per label and per frame, and the
    ROC-AUC of -AUM.
 2. Cleaning: four arms retrained from the same initial weights (paired replicates), all
-   as members of one ensemble fit, on the labels without threshold samples:
+   as members of one ensemble fit. The frames that carry a threshold sample are left out
+   of every arm: their moved label only calibrates the cut, and the true label at that
+   keypoint was never scored, so no arm may train on them:
      plain       every frame
      drop        without the flagged frames
      curriculum  frames ordered by frame AUM (lowest label AUM of the frame), highest
@@ -19,6 +21,13 @@
                  drawn with weight s as itself and with weight 1 - s as a copy whose
                  flagged labels lie far outside the image (an all-zero target).
    Test error is measured against the true (clean) test labels on synthetic data.
+   An arm whose data would equal plain's (nothing flagged: drop and shrink) or that would
+   have no frames (every frame flagged: drop) is degenerate: it is named, with the reason,
+   in numbers.json and on stdout, and neither trained nor compared.
+3. Conclusion (numbers.json "conclusion", `conclude`): per compared arm a paired t
+   interval over replicates of (arm - plain) test error, Bonferroni over the compared arms
+   (experiments/intervals.py); the best arm, its difference, interval and whether it is
+   resolved (interval excludes 0), else "not resolved" and how many replicates would be.
 
     python experiments/study4_aum_cleaning.py [--out runs/studies] [--quick] [--data PATH]
 """
@@ -30,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments import common  # noqa: E402
+from experiments import common, intervals  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -44,7 +53,7 @@ def _extra(p):
                    help="synthetic planted label noise: share of frames corrupted (0.2)")
     p.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
     p.add_argument("--replicates", type=int, default=None,
-                   help="paired replicates per arm (default 3; --quick 2)")
+                   help="paired replicates per arm (default 8; --quick 3)")
     p.add_argument("--shrink", type=float, default=0.25,
                    help="target scale of flagged labels in the 'shrink' arm (0.25)")
 
@@ -58,7 +67,7 @@ def configs(args):
         "image_size": args.image_size or (32 if q else 64),
         "noise_rate": args.noise_rate, "test_fraction": 0.2,
         "threshold_fraction": 0.05, "detect_members": 2 if q else 3,
-        "replicates": args.replicates or (2 if q else 3), "shrink": args.shrink,
+        "replicates": args.replicates or (3 if q else 8), "shrink": args.shrink,
         "seed": 2 if args.seed is None else args.seed,
         "curriculum_fractions": [0.5, 0.75, 1.0],
     }
@@ -119,41 +128,128 @@ def pr_curve(score: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def arm_plan(n: int, flagged_frames: np.ndarray, frame_aum: np.ndarray, steps: int,
-             fractions, shrink: float, replicates: int):
-    """Stages [(start, counts [M, n + n_flagged])] and the member layout.
+             fractions, shrink: float, replicates: int, exclude: np.ndarray | None = None):
+    """The retraining arms as one staged fit.
 
-    Columns n.. are the zero-target copies of the flagged frames. Counts are on a scale of
-    `scale` per frame so that the shrink arm can weight a flagged frame s : 1 - s.
+    exclude: bool [n], frames no arm trains on (the frames that carry a threshold sample:
+        their moved label calibrates the cut and their true label there was never scored).
+    Returns (stages [(start, counts [M, n + n_copies])], arms [M] str, replicates [M] int,
+    degenerate {arm: reason}, copied frames [n_copies] int). Columns n.. are zero-target
+    copies of the flagged frames the arms train on. Counts are on a scale of `scale` per
+    frame so that the shrink arm can weight a flagged frame s : 1 - s. An arm whose data
+    would equal plain's in every stage, or that would have no frames, is degenerate: it is
+    named with the reason and not trained (so it is never compared as if it differed).
     """
     scale = 4 if abs(shrink * 4 - round(shrink * 4)) < 1e-9 else 100
-    fl = np.flatnonzero(flagged_frames)
+    use = np.ones(n, bool) if exclude is None else ~np.asarray(exclude, bool)
+    n_use = int(use.sum())
+    fl = np.flatnonzero(np.asarray(flagged_frames, bool) & use)
     width = n + fl.size
     base = np.zeros(width, np.int64)
-    base[:n] = scale
+    base[:n][use] = scale
     drop = base.copy()
     drop[fl] = 0
-    if drop.sum() == 0:
-        drop = base.copy()
     shr = base.copy()
     shr[fl] = int(round(shrink * scale))
     shr[n + np.arange(fl.size)] = scale - shr[fl]
-    # curriculum: frames by frame AUM, highest first (NaN = never seen: last)
+    # curriculum: the usable frames by frame AUM, highest first (NaN = never seen: last)
     key = np.where(np.isfinite(frame_aum), frame_aum, -np.inf)
-    order = np.argsort(-key, kind="stable")
+    usable = np.flatnonzero(use)
+    order = usable[np.argsort(-key[usable], kind="stable")]
     starts = [int(round(steps * i / len(fractions))) for i in range(len(fractions))]
-    stages = []
-    for k, f in enumerate(fractions):
+    rows = {"plain": [base] * len(fractions), "drop": [drop] * len(fractions),
+            "shrink": [shr] * len(fractions), "curriculum": []}
+    for f in fractions:
         cur = np.zeros(width, np.int64)
-        cur[order[:max(1, int(round(f * n)))]] = scale
-        rows, arms, reps = [], [], []
+        cur[order[:max(1, int(round(f * n_use)))]] = scale
+        rows["curriculum"].append(cur)
+    degenerate = {}
+    if fl.size == 0:
+        for arm in ("drop", "shrink"):
+            degenerate[arm] = (f"nothing flagged among the {n_use} frames the arms train on: "
+                               f"{arm} would train on exactly plain's data")
+    elif fl.size == n_use:
+        degenerate["drop"] = (f"every one of the {n_use} frames the arms train on is "
+                              f"flagged: drop would have no frames")
+    for arm in ARMS[1:]:
+        if arm not in degenerate and all(np.array_equal(r, base) for r in rows[arm]):
+            degenerate[arm] = "identical to plain in every stage"
+    trained = [a for a in ARMS if a not in degenerate]
+    stages = []
+    for k in range(len(fractions)):
+        stage_rows, arms, reps = [], [], []
         for r in range(replicates):
-            for arm, row in (("plain", base), ("drop", drop), ("curriculum", cur),
-                             ("shrink", shr)):
-                rows.append(row)
+            for arm in trained:
+                stage_rows.append(rows[arm][k])
                 arms.append(arm)
                 reps.append(r)
-        stages.append((starts[k], np.stack(rows)))
-    return stages, np.array(arms), np.array(reps)
+        stages.append((starts[k], np.stack(stage_rows)))
+    return stages, np.array(arms), np.array(reps), degenerate, fl
+
+
+def conclude(member_err: dict, degenerate: dict, alpha: float = intervals.FAMILY_ALPHA
+             ) -> dict:
+    """The study's conclusion from the members' test errors.
+
+    member_err: {arm: [R] test error (px) of replicate r}, replicate r of every arm started
+        from the same weights (paired); must hold "plain".
+    degenerate: {arm: reason} of arms not trained (never compared).
+    Each compared arm gets a paired t interval over replicates of (arm - plain), Bonferroni
+    over the compared arms (experiments/intervals.py). best_arm: the compared arm of lowest
+    mean difference; resolved: its interval excludes 0.
+    """
+    plain = np.asarray(member_err["plain"], np.float64)
+    compared = [a for a in ARMS[1:] if a in member_err and a not in degenerate]
+    a = alpha / max(len(compared), 1)
+    per = {}
+    for arm in compared:
+        iv = intervals.paired_t(np.asarray(member_err[arm], np.float64) - plain, a)
+        per[arm] = {"vs_plain_px": iv["mean"], "interval": iv["interval"],
+                    "resolved": intervals.resolved(iv), "replicates": iv["n"],
+                    "replicates_needed": intervals.units_needed(iv, a)}
+    level = 1 - a
+    method = (f"paired t interval over replicates (same initial weights) of arm minus "
+              f"plain test error, {level:.2%} per arm (Bonferroni over {len(compared)} "
+              f"compared arm{'s' if len(compared) != 1 else ''}: 95% for the family); "
+              f"conditional on the test frames")
+    out = {"best_arm": None, "vs_plain_px": None, "interval": [None, None],
+           "resolved": False, "better_than_plain": False, "level": level,
+           "method": method, "compared_arms": compared,
+           "degenerate_arms": dict(degenerate), "arms": per}
+    if not compared:
+        out["statement"] = ("not resolved: no cleaning arm differs from plain in its data ("
+                            + "; ".join(f"{k}: {v}" for k, v in degenerate.items())
+                            + "), so there is nothing to compare.")
+        return out
+    best = min(compared, key=lambda x: per[x]["vs_plain_px"])
+    b = per[best]
+    lo, hi = b["interval"]
+    out.update(best_arm=best, vs_plain_px=b["vs_plain_px"], interval=[lo, hi],
+               resolved=b["resolved"], better_than_plain=bool(b["resolved"] and hi < 0))
+    n = b["replicates"]
+    span = f"{lo:+.3f} to {hi:+.3f} px" if np.isfinite(lo) else "no interval"
+    if out["better_than_plain"]:
+        st = (f"{best} beats plain by {-b['vs_plain_px']:.3f} px ({level:.1%} interval "
+              f"{span}, {n} paired replicates).")
+    elif b["resolved"]:
+        st = (f"no cleaning arm beats plain: even the best, {best}, is worse by "
+              f"{b['vs_plain_px']:.3f} px ({level:.1%} interval {span}).")
+    else:
+        need = b["replicates_needed"]
+        st = (f"not resolved: the best arm, {best}, is {b['vs_plain_px']:+.3f} px against "
+              f"plain, {level:.1%} interval {span} includes 0 ({n} paired replicates"
+              + (f"; about {need} would resolve a difference of this size at the measured "
+                 f"spread" if need else "") + ").")
+    worse = [x for x in compared if per[x]["resolved"] and per[x]["vs_plain_px"] > 0
+             and x != best]
+    if worse:
+        st += " Resolved worse than plain: " + ", ".join(
+            f"{x} {per[x]['vs_plain_px']:+.3f} px" for x in worse) + "."
+    if degenerate:
+        st += " Not compared (degenerate): " + "; ".join(
+            f"{k}: {v}" for k, v in degenerate.items()) + "."
+    out["statement"] = st
+    return out
 
 
 def main(argv=None) -> dict:
@@ -236,7 +332,17 @@ def main(argv=None) -> dict:
                      + (["planted_noise"] if noise is not None else []), rows)
 
     # ---------------- 2. retraining arms, one staged ensemble fit
-    fl = np.flatnonzero(flag_frame)
+    # Frames holding a threshold sample calibrate the cut only: no arm trains on them.
+    excluded = thr.any(1)
+    stages, arms, reps, degenerate, fl = arm_plan(
+        n, flag_frame, frame_aum, tc.steps, cfg["curriculum_fractions"], cfg["shrink"],
+        cfg["replicates"], exclude=excluded)
+    numbers["threshold_frames_excluded_from_arms"] = int(excluded.sum())
+    numbers["frames_arms_train_on"] = int((~excluded).sum())
+    numbers["n_flagged_frames_in_arms"] = int(fl.size)
+    numbers["degenerate_arms"] = degenerate
+    for arm, why in degenerate.items():
+        log(f"  {arm}: degenerate, not trained or compared: {why}")
     copies = train.keypoints[fl].copy()
     copies[flag_kp[fl]] = FAR
     big = KeypointDataset(
@@ -244,9 +350,7 @@ def main(argv=None) -> dict:
         keypoints=np.concatenate([train.keypoints, copies]), bodyparts=train.bodyparts,
         frame_ids=list(train.frame_ids) + [f"{train.frame_ids[i]}#zero-target" for i in fl],
         source=train.source)
-    stages, arms, reps = arm_plan(n, flag_frame, frame_aum, tc.steps,
-                                  cfg["curriculum_fractions"], cfg["shrink"],
-                                  cfg["replicates"])
+    trained = [a for a in ARMS if a not in degenerate]
     t1 = time.perf_counter()
     res = fit_staged(EnsembleTrainer(model, tc, run), big, stages, member_ids=100 + reps,
                      progress=not args.quiet, log=log)
@@ -256,7 +360,7 @@ def main(argv=None) -> dict:
                               test.to_original(truth))                   # [M, t]
     member_err = np.nanmean(err, 1)                                     # [M]
     per_arm = {}
-    for arm in ARMS:
+    for arm in trained:
         sel = np.flatnonzero((arms == arm) & res.alive)
         cons = consensus(pred.keypoints[sel], pred.confidences[sel])
         cerr = common.frame_errors(test.to_original(cons)[None], test.to_original(truth))[0]
@@ -267,12 +371,16 @@ def main(argv=None) -> dict:
             "frames_trained_on_final": int((stages[-1][1][sel[0], :n] > 0).sum()),
         }
     plain = np.array(per_arm["plain"]["member_test_px"])
-    for arm in ARMS:
+    for arm in trained:
         d = np.array(per_arm[arm]["member_test_px"]) - plain
         per_arm[arm]["paired_diff_vs_plain_px"] = d.tolist()
         per_arm[arm]["mean_diff_vs_plain_px"] = float(np.mean(d))
         per_arm[arm]["replicates_better_than_plain"] = int((d < 0).sum())
+    for arm, why in degenerate.items():
+        per_arm[arm] = {"degenerate": why}
     numbers["arms"] = per_arm
+    numbers["conclusion"] = conclude({a: per_arm[a]["member_test_px"] for a in trained},
+                                     degenerate)
     numbers["arms_seconds"] = t_arms
     numbers["strategy"] = res.strategy
     numbers["units"] = "test error: mean Euclidean distance per labeled keypoint, pixels " \
@@ -282,12 +390,13 @@ def main(argv=None) -> dict:
     common.write_csv(out / "arms.csv", ["arm", "replicate", "test_px", "diff_vs_plain_px"],
                      [[arms[m], int(reps[m]), float(member_err[m]),
                        float(member_err[m] - plain[reps[m]])] for m in range(len(arms))])
-    for arm in ARMS:
+    for arm in trained:
         a = per_arm[arm]
         log(f"  {arm:>10}: members {a['mean_member_test_px']:.2f} px "
             f"({' '.join(f'{v:.2f}' for v in a['member_test_px'])}), ensemble "
             f"{a['ensemble_test_px']:.2f} px, vs plain {a['mean_diff_vs_plain_px']:+.2f} px "
             f"({a['replicates_better_than_plain']}/{len(a['member_test_px'])} replicates better)")
+    log(f"conclusion: {numbers['conclusion']['statement']}")
 
     figs = figures(out, rep, real, thr, noise, frame_aum, per_arm, cfg)
     numbers["seconds"] = time.perf_counter() - t0
@@ -357,18 +466,21 @@ def figures(out, rep, real, thr, noise, frame_aum, per_arm, cfg):
                      "noise when flagging the lowest-AUM labels (blue) or frames (orange); "
                      "markers: the threshold-sample cut."))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    xs = np.arange(len(ARMS))
+    shown = [a for a in ARMS if "member_test_px" in per_arm[a]]      # trained arms
+    xs = np.arange(len(shown))
     n_rep = len(per_arm["plain"]["member_test_px"])
     for r in range(n_rep):
-        ax.plot(xs, [per_arm[arm]["member_test_px"][r] for arm in ARMS], "-o", color="0.6",
+        ax.plot(xs, [per_arm[arm]["member_test_px"][r] for arm in shown], "-o", color="0.6",
                 lw=1, ms=4, label="one replicate (same initial weights)" if r == 0 else None)
-    ax.plot(xs, [per_arm[arm]["mean_member_test_px"] for arm in ARMS], "D", color="k", ms=8,
+    ax.plot(xs, [per_arm[arm]["mean_member_test_px"] for arm in shown], "D", color="k", ms=8,
             label="mean over replicates")
-    ax.plot(xs, [per_arm[arm]["ensemble_test_px"] for arm in ARMS], "*", color="tab:red",
+    ax.plot(xs, [per_arm[arm]["ensemble_test_px"] for arm in shown], "*", color="tab:red",
             ms=12, label="ensemble of the replicates")
+    names = {"plain": "plain\n(all frames)", "drop": "drop\n(without flagged)",
+             "curriculum": "curriculum\n(AUM-ordered)",
+             "shrink": f"shrink\n(target x{cfg['shrink']:g})"}
     ax.set_xticks(xs)
-    ax.set_xticklabels(["plain\n(all frames)", "drop\n(without flagged)",
-                        "curriculum\n(AUM-ordered)", f"shrink\n(target x{cfg['shrink']:g})"])
+    ax.set_xticklabels([names[a] for a in shown])
     ax.set_ylabel("test error (px, mean per keypoint)")
     ax.set_title("Retraining with AUM cleaning")
     ax.legend(fontsize=8)
@@ -414,30 +526,22 @@ def write_section(out, nb, figs, synthetic):
             + " the typical swapped label.")
     arms = nb["arms"]
     p = arms["plain"]
-    best = min(ARMS, key=lambda a: arms[a]["mean_member_test_px"])
+    shown = [a for a in ARMS if "member_test_px" in arms[a]]
     n_rep = len(p["member_test_px"])
+    paras.append(f"The {nb['threshold_frames_excluded_from_arms']} frames holding a threshold "
+                 f"sample calibrate the cut only: no retrained arm trains on them, so every "
+                 f"arm draws from (at most) the other {nb['frames_arms_train_on']} frames, "
+                 f"{nb['n_flagged_frames_in_arms']} of them flagged.")
     txt = [f"{a} {arms[a]['mean_member_test_px']:.2f} px ({arms[a]['mean_diff_vs_plain_px']:+.2f} "
            f"px vs plain, better in {arms[a]['replicates_better_than_plain']}/{n_rep} replicates)"
-           for a in ARMS if a != "plain"]
+           for a in shown if a != "plain"]
     paras.append(f"Retrained with {n_rep} paired replicates per arm ({nb['train']['steps']} "
                  f"steps each), the plain run reaches {p['mean_member_test_px']:.2f} px mean "
-                 f"test error per member; " + "; ".join(txt) + ".")
-    diff = arms[best]["mean_diff_vs_plain_px"]
-    d = np.asarray(arms[best]["paired_diff_vs_plain_px"], float)
-    se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-    if best == "plain":
-        verdict = "No cleaning arm beat the plain run on average."
-    elif not np.isfinite(se) or abs(diff) < 2 * se:
-        verdict = (f"The best arm is {best} ({diff:+.2f} px), within two standard errors "
-                   f"of the paired differences (standard error {se:.2f} px), so it is not a clear win.")
-    else:
-        verdict = (f"The best arm is {best}, {diff:+.2f} px against plain (paired standard "
-                   f"error {se:.2f} px).")
-    if nb["n_flagged_frames"] == 0:
-        verdict = ("Nothing was flagged, so the drop and shrink arms train on exactly the "
-                   "plain run's data (and the curriculum only reorders it). " + verdict)
-    paras.append(verdict + f" Ensembles of the replicates: " + ", ".join(
-        f"{a} {arms[a]['ensemble_test_px']:.2f} px" for a in ARMS) + ".")
+                 f"test error per member" + ("; " + "; ".join(txt) if txt else "") + ".")
+    for a, why in nb["degenerate_arms"].items():
+        paras.append(f"Arm {a} is degenerate and was neither trained nor compared: {why}.")
+    paras.append(f"Interval: {nb['conclusion']['method']}. Ensembles of the replicates: " + ", ".join(
+        f"{a} {arms[a]['ensemble_test_px']:.2f} px" for a in shown) + ".")
     paras.append(f"Units: {nb['units']}. Wall time {nb['seconds']:.0f} s (detection "
                  f"{nb['detect_seconds']:.0f} s, arms {nb['arms_seconds']:.0f} s).")
     tables = [{"caption": "Test error per arm (px)",
@@ -445,7 +549,7 @@ def write_section(out, nb, figs, synthetic):
                            "paired diff vs plain", "replicates better"],
                "rows": [[a, arms[a]["frames_trained_on_final"], arms[a]["mean_member_test_px"],
                          arms[a]["ensemble_test_px"], arms[a]["mean_diff_vs_plain_px"],
-                         f"{arms[a]['replicates_better_than_plain']}/{n_rep}"] for a in ARMS]}]
+                         f"{arms[a]['replicates_better_than_plain']}/{n_rep}"] for a in shown]}]
     if synthetic:
         tables.insert(0, {"caption": "Flags against planted noise",
                           "columns": ["level", "flagged", "planted", "true positives",
@@ -454,7 +558,7 @@ def write_section(out, nb, figs, synthetic):
                                     nb[lv]["true_positives"], nb[lv]["precision"],
                                     nb[lv]["recall"]] for lv in ("labels", "frames")]})
     ws(out, title="Study 4: AUM for cleaning labels", paragraphs=paras, figures=figs,
-       tables=tables, order=40)
+       tables=tables, order=40, conclusion=nb["conclusion"])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ b frames is `order[:b]` and larger budgets contain smaller ones.
 Scores are computed by the caller from the ensemble trained on the labeled base set:
 MPE (max over keypoints, mean over members), ensemble spread (mean over keypoints of
 the members' RMS distance to their mean, in pixels) and representativeness (mean cosine
-similarity of the frame's encoder features to the rest of the pool).
+similarity of the frame's encoder features to the rest of the pool; with several members,
+computed per member on centred features and averaged, see experiments/study5).
 """
 from __future__ import annotations
 
@@ -33,15 +34,17 @@ def score_order(score: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.lexsort((tie, -s))
 
 
-def kmeans(features: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50
-           ) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(features: np.ndarray, k: int, rng: np.random.Generator, iters: int = 50, *,
+           standardize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means with k-means++ seeding. features float [N, D] ->
-    (labels int [N], centres [k, D]). Features are standardised per dimension first."""
+    (labels int [N], centres [k, D]). Features are standardised per dimension first unless
+    `standardize=False` (for an embedding whose geometry is already the one wanted)."""
     x = np.asarray(features, np.float64)
     n = x.shape[0]
     k = int(max(1, min(k, n)))
-    sd = x.std(0)
-    x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+    if standardize:
+        sd = x.std(0)
+        x = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
     centres = [x[rng.integers(n)]]
     for _ in range(1, k):
         d2 = np.min(((x[:, None] - np.array(centres)[None]) ** 2).sum(-1), 1)
@@ -61,10 +64,10 @@ def kmeans(features: np.ndarray, k: int, rng: np.random.Generator, iters: int = 
     return labels, c
 
 
-def cluster_balanced_order(features: np.ndarray, k: int, rng: np.random.Generator
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def cluster_balanced_order(features: np.ndarray, k: int, rng: np.random.Generator, *,
+                           standardize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(order, cluster labels): k-means clusters visited round-robin, largest first."""
-    labels, _ = kmeans(features, k, rng)
+    labels, _ = kmeans(features, k, rng, standardize=standardize)
     clusters = sorted(np.unique(labels), key=lambda j: -(labels == j).sum())
     queues = [list(rng.permutation(np.flatnonzero(labels == j))) for j in clusters]
     order = []
@@ -78,7 +81,8 @@ def cluster_balanced_order(features: np.ndarray, k: int, rng: np.random.Generato
 def select_order(strategy: str, *, n: int, rng: np.random.Generator,
                  mpe: np.ndarray | None = None, spread: np.ndarray | None = None,
                  representativeness: np.ndarray | None = None,
-                 features: np.ndarray | None = None, n_clusters: int = 5) -> np.ndarray:
+                 features: np.ndarray | None = None, n_clusters: int = 5,
+                 standardize: bool = True) -> np.ndarray:
     """The labeling order of an `n`-frame pool under `strategy` (see STRATEGIES)."""
     if strategy == "uniform":
         return uniform_order(n, rng)
@@ -89,5 +93,5 @@ def select_order(strategy: str, *, n: int, rng: np.random.Generator,
     if strategy == "representativeness":
         return score_order(representativeness, rng)
     if strategy == "cluster":
-        return cluster_balanced_order(features, n_clusters, rng)[0]
+        return cluster_balanced_order(features, n_clusters, rng, standardize=standardize)[0]
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")

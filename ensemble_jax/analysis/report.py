@@ -5,7 +5,9 @@ and a `section.json` (see `write_section`). `build_report(RUN_DIR)` gathers ever
 `RUN_DIR/*/section.json` (and `RUN_DIR/section.json`), orders them, embeds the figures as
 base64 data URIs and writes `RUN_DIR/report.html` atomically: one file that opens in any
 browser with nothing beside it. The text of a section is written by the study from its
-computed numbers; this module only lays it out.
+computed numbers; this module only lays it out. A section may carry its study's
+`conclusion` (the dict its numbers.json states: a "statement" plus the numbers behind it),
+shown first, in a box, with those numbers.
 """
 from __future__ import annotations
 
@@ -23,15 +25,21 @@ SECTION_FILE = "section.json"
 
 def write_section(folder: str | Path, *, title: str, paragraphs: Sequence[str],
                   figures: Sequence[tuple[str, str]] = (),
-                  tables: Sequence[dict[str, Any]] = (), order: int = 100) -> Path:
+                  tables: Sequence[dict[str, Any]] = (), order: int = 100,
+                  conclusion: dict[str, Any] | None = None) -> Path:
     """Writes `folder/section.json`.
 
     paragraphs: the findings, as plain text (computed from the numbers by the caller).
     figures: (file name relative to `folder`, caption) pairs; each file must exist.
     tables: dicts {"caption": str, "columns": [str], "rows": [[value, ...]]}.
     order: sections are sorted by (order, title).
+    conclusion: the study's stated conclusion as data, {"statement": str, ...numbers}
+        (the same dict as in its numbers.json); the report shows the statement and the
+        scalar / short-list entries beside it.
     """
     folder = Path(folder)
+    if conclusion is not None and not isinstance(conclusion.get("statement"), str):
+        raise ValueError("write_section: conclusion needs a 'statement' text")
     for name, _ in figures:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"write_section: figure {folder / name} does not exist")
@@ -46,7 +54,8 @@ def write_section(folder: str | Path, *, title: str, paragraphs: Sequence[str],
     path = folder / SECTION_FILE
     eio.write_json(path, {"title": title, "order": int(order), "paragraphs": list(paragraphs),
                           "figures": [{"file": f, "caption": c} for f, c in figures],
-                          "tables": list(tables)})
+                          "tables": list(tables),
+                          **({"conclusion": dict(conclusion)} if conclusion is not None else {})})
     return path
 
 
@@ -58,8 +67,31 @@ def _cell(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _value(v: Any) -> str | None:
+    """A conclusion entry as text; None for what does not fit a line (nested dicts)."""
+    if isinstance(v, bool) or v is None:
+        return "yes" if v is True else ("no" if v is False else "&ndash;")
+    if isinstance(v, (int, float, str)):
+        return _cell(v)
+    if isinstance(v, list) and len(v) <= 6 and all(
+            isinstance(x, (int, float, str)) or x is None for x in v):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return None
+
+
+def _conclusion_html(c: dict) -> str:
+    rows = [(k, _value(v)) for k, v in c.items() if k != "statement"]
+    items = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v}</td></tr>"
+                    for k, v in rows if v is not None)
+    return (f'<div class="conclusion"><p><strong>Conclusion:</strong> '
+            f'{html.escape(c["statement"])}</p>'
+            + (f"<table>{items}</table>" if items else "") + "</div>")
+
+
 def _section_html(folder: Path, sec: dict) -> str:
     out = [f"<section><h2>{html.escape(sec['title'])}</h2>"]
+    if sec.get("conclusion"):
+        out.append(_conclusion_html(sec["conclusion"]))
     for p in sec.get("paragraphs", []):
         out.append(f"<p>{html.escape(p)}</p>")
     for t in sec.get("tables", []):
@@ -86,7 +118,8 @@ _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em au
 color:#222}h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{font-size:.9em;
 color:#555}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
-padding:.25em .6em;text-align:right}caption{text-align:left;font-weight:600;padding:.3em 0}"""
+padding:.25em .6em;text-align:right}caption{text-align:left;font-weight:600;padding:.3em 0}
+.conclusion{background:#f4f7fb;border-left:4px solid #36c;padding:.3em 1em;margin:1em 0}"""
 
 
 def _check_section(path: Path, sec: dict) -> None:
@@ -120,6 +153,9 @@ def _check_section(path: Path, sec: dict) -> None:
             bad(f"figure {i}", "must be an object with a 'file' name and a 'caption'")
         if not (path.parent / f["file"]).is_file():
             bad(f"figure {i}", f"{path.parent / f['file']} does not exist")
+    c = sec.get("conclusion")
+    if c is not None and (not isinstance(c, dict) or not isinstance(c.get("statement"), str)):
+        bad("conclusion", "must be an object with a 'statement' text")
     sec.setdefault("paragraphs", [])
     for f in figures:
         f.setdefault("caption", "")
