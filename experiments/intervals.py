@@ -54,3 +54,24 @@ def units_needed(iv: dict, alpha: float = FAMILY_ALPHA, limit: int = 100_000) ->
     while u <= limit and float(stats.t.ppf(1 - alpha / 2, u - 1)) * sd / math.sqrt(u) >= m:
         u += max(1, u // 20)
     return u if u <= limit else None
+
+
+def best_vs_baseline(best: str, iv: dict, need: int | None, *, baseline: str, kind: str,
+                     units: str, span_units: str, n_text: str) -> str:
+    """One sentence on the best of several arms against their baseline: resolved better,
+    resolved worse (so none is better), or not resolved with the units that would resolve
+    it. iv: `paired_t` of best minus baseline (lower is better); units: after a
+    difference (" px", " in normalised error"); span_units: after the interval."""
+    diff, level = iv["mean"], iv["level"]
+    lo, hi = iv["interval"]
+    span = f"{lo:+.3f} to {hi:+.3f}{span_units}" if math.isfinite(lo) else "no interval"
+    if resolved(iv) and hi < 0:
+        return (f"{best} beats {baseline} by {-diff:.3f}{units} ({level:.1%} interval "
+                f"{span}, {n_text}).")
+    if resolved(iv):
+        return (f"no {kind} beats {baseline}: even the best, {best}, is worse by "
+                f"{diff:.3f}{units} ({level:.1%} interval {span}).")
+    return (f"not resolved: the best {kind}, {best}, is {diff:+.3f}{units} against {baseline}, "
+            f"{level:.1%} interval {span} includes 0 ({n_text}"
+            + (f"; about {need} would resolve a difference of this size at the measured "
+               f"spread" if need else "") + ").")

@@ -226,20 +226,10 @@ def conclude(member_err: dict, degenerate: dict, alpha: float = intervals.FAMILY
     lo, hi = b["interval"]
     out.update(best_arm=best, vs_plain_px=b["vs_plain_px"], interval=[lo, hi],
                resolved=b["resolved"], better_than_plain=bool(b["resolved"] and hi < 0))
-    n = b["replicates"]
-    span = f"{lo:+.3f} to {hi:+.3f} px" if np.isfinite(lo) else "no interval"
-    if out["better_than_plain"]:
-        st = (f"{best} beats plain by {-b['vs_plain_px']:.3f} px ({level:.1%} interval "
-              f"{span}, {n} paired replicates).")
-    elif b["resolved"]:
-        st = (f"no cleaning arm beats plain: even the best, {best}, is worse by "
-              f"{b['vs_plain_px']:.3f} px ({level:.1%} interval {span}).")
-    else:
-        need = b["replicates_needed"]
-        st = (f"not resolved: the best arm, {best}, is {b['vs_plain_px']:+.3f} px against "
-              f"plain, {level:.1%} interval {span} includes 0 ({n} paired replicates"
-              + (f"; about {need} would resolve a difference of this size at the measured "
-                 f"spread" if need else "") + ").")
+    st = intervals.best_vs_baseline(
+        best, {"mean": b["vs_plain_px"], "interval": [lo, hi], "level": level},
+        b["replicates_needed"], baseline="plain", kind="arm", units=" px", span_units=" px",
+        n_text=f"{b['replicates']} paired replicates")
     worse = [x for x in compared if per[x]["resolved"] and per[x]["vs_plain_px"] > 0
              and x != best]
     if worse:

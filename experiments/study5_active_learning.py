@@ -240,19 +240,10 @@ def conclude(norm: dict, budgets, alpha: float = intervals.FAMILY_ALPHA) -> dict
                                and per[st]["vs_uniform"] < 0],
            "resolved_worse": [st for st in compared if per[st]["resolved"]
                               and per[st]["vs_uniform"] > 0]}
-    span = f"{lo:+.3f} to {hi:+.3f}" if np.isfinite(lo) else "no interval"
-    if out["better_than_uniform"]:
-        st = (f"{best} beats uniform by {-b['vs_uniform']:.3f} in normalised error "
-              f"({level:.1%} interval {span}, {S} shuffles).")
-    elif b["resolved"]:
-        st = (f"no strategy beats uniform: even the best, {best}, is worse by "
-              f"{b['vs_uniform']:.3f} ({level:.1%} interval {span}).")
-    else:
-        need = b["shuffles_needed"]
-        st = (f"not resolved: the best strategy, {best}, is {b['vs_uniform']:+.3f} in "
-              f"normalised error against uniform, {level:.1%} interval {span} includes 0 "
-              f"({S} shuffles" + (f"; about {need} would resolve a difference of this size "
-                                  f"at the measured spread" if need else "") + ").")
+    st = intervals.best_vs_baseline(
+        best, {"mean": b["vs_uniform"], "interval": [lo, hi], "level": level},
+        b["shuffles_needed"], baseline="uniform", kind="strategy",
+        units=" in normalised error", span_units="", n_text=f"{S} shuffles")
     others = [x for x in out["resolved_better"] + out["resolved_worse"] if x != best]
     if others:
         st += " Also resolved: " + ", ".join(
