@@ -192,6 +192,9 @@ def test_sweep_in_waves_on_8_devices_equals_plain_sweep(tmp_path):
     _compare_run_dirs(tmp_path / "waves", tmp_path / "plain")
 
 
+# slow: test_accelerator_paths::test_every_strategy_equals_the_specification runs
+# vmap_matmul sharded over two devices against step.make_train in the default suite
+@pytest.mark.slow
 def test_vmap_matmul_sharded_matches_single_device_loop(tmp_path):
     """The 'vmap_matmul' program (its own network form) on 2 devices = the loop on one."""
     code = f"""

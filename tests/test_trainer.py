@@ -32,6 +32,9 @@ def fit(data, masks, **kw):
         data, masks, progress=False)
 
 
+# slow: test_accelerator_paths::test_every_strategy_equals_the_specification checks every
+# strategy (one device and sharded) against step.make_train in the default suite
+@pytest.mark.slow
 def test_strategies_agree(data):
     masks = random_subsets(data.n_frames, 4, 0.5, seed=0)
     names = ("sequential", "unrolled", "vmap", "vmap_matmul")
