@@ -182,6 +182,12 @@ def swap_gain(labels: np.ndarray, prediction: np.ndarray, sigma: np.ndarray
     return g
 
 
+def _max_over_pairs(x: np.ndarray) -> np.ndarray:
+    """[n, K, K] -> [n]: each frame's largest finite pair value (NaN when it has none)."""
+    ok = np.isfinite(x)
+    return np.where(ok.any((1, 2)), np.where(ok, x, -np.inf).max((1, 2)), np.nan)
+
+
 def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarray,
                       real: np.ndarray, label_scaling: str | None = None,
                       multiview: dict | None = None) -> dict:
@@ -216,8 +222,7 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
     real = np.asarray(real, bool)
     z = keypoint_aum_z(aum, real)
     if label_scaling == "keypoint":
-        ok = np.isfinite(z)
-        lterm = np.where(ok.any(1), np.where(ok, z, np.inf).min(1), np.nan)
+        lterm = frame_aum(z)          # the lowest finite value per frame, as for the AUM
     elif label_scaling == "frame":
         lterm = frame_aum(aum)
     else:
@@ -230,22 +235,18 @@ def swap_aware_scores(aum: np.ndarray, labels: np.ndarray, prediction: np.ndarra
         fallback = np.nanmedian(resid) if np.isfinite(resid).any() else 1.0
     sigma = np.where(np.isfinite(sigma), sigma, fallback)
     g = swap_gain(lab, pred, sigma)
-    gok = np.isfinite(g)
-    sterm = np.where(gok.any((1, 2)), np.where(gok, g, -np.inf).max((1, 2)), np.nan)
+    sterm = _max_over_pairs(g)
     member_bulk = view_bulk = None
     if multiview is not None:
         gv = multiview["gain"]
         member_bulk = _bulk(sterm[real], "high")
-        vok = np.isfinite(gv)
-        vterm = np.where(vok.any((1, 2)), np.where(vok, gv, -np.inf).max((1, 2)), np.nan)
-        view_bulk = _bulk(vterm[real], "high")
+        view_bulk = _bulk(_max_over_pairs(gv)[real], "high")
         zm = (g - member_bulk[0]) / member_bulk[1]
         zv = (gv - view_bulk[0]) / view_bulk[1]
         both = np.isfinite(zm) & np.isfinite(zv)
         e = np.where(both, (np.nan_to_num(zm) + np.nan_to_num(zv)) / np.sqrt(2.0),
                      np.where(np.isfinite(zm), zm, zv))
-        eok = np.isfinite(e)
-        sterm = np.where(eok.any((1, 2)), np.where(eok, e, -np.inf).max((1, 2)), np.nan)
+        sterm = _max_over_pairs(e)
     lm, lsd = _bulk(lterm[real], "low")
     sm, ssd = _bulk(sterm[real], "high")
     label_z = (lterm - lm) / lsd
@@ -335,7 +336,8 @@ def frame_report(aum: np.ndarray, kind: np.ndarray, noise: np.ndarray | None = N
     (`[n, K, 2]`, the out-of-subset prediction, same pixels) the score is the swap-aware
     frame score (`swap_aware_scores`, cut `score_cut`); without, the frame AUM (cut
     `frame_cut`). `views` (`KeypointDataset.views`, with `bodyparts`) adds the multi-view
-    swap evidence (`multiview.check`, fit on the real frames). Returns a dict with "score" [n], "frame_aum" [n], "probe_kind" [n],
+    swap evidence (`multiview.check`, fit on the real frames). Returns a dict with "score"
+    [n], "frame_aum" [n], "probe_kind" [n],
     "cut" (FrameCut), "flagged" bool [n] (real frames only), "terms" (the swap-aware
     parts or None), and the numbers for analysis.json under "summary"."""
     from ensemble_jax.analysis.aum import roc_auc
