@@ -58,6 +58,24 @@ def fmt(iv: dict) -> str:
     return f"{iv['mean']:.2f} +- {iv['half_width']:.2f}"
 
 
+def augmentation_effect(runs: list[dict], datasets: list[str], variants: list[str]) -> list[dict]:
+    """Per dataset and encoder with both variants: augmented minus plain ensemble error,
+    paired by seed (same split, subsets and member keys), with its t interval."""
+    out = []
+    for name in datasets:
+        for enc in ("small", "resnet"):
+            if f"{enc}-aug" not in variants or f"{enc}-noaug" not in variants:
+                continue
+            by = {(r["variant"], r["seed"]): r["ensemble_test_px"] for r in runs
+                  if r["dataset"] == DATASETS[name].name}
+            seeds = sorted(s for (v, s) in by if v == f"{enc}-aug" and (f"{enc}-noaug", s) in by)
+            if seeds:
+                diffs = [by[(f"{enc}-aug", s)] - by[(f"{enc}-noaug", s)] for s in seeds]
+                out.append({"dataset": name, "encoder": enc, "seeds": seeds,
+                            "aug_minus_noaug_px": interval(diffs)})
+    return out
+
+
 def run_one(data: Path, variant: str, seed: int, args, workdir: Path) -> dict:
     out = workdir / f"{data.name}-{variant}-s{seed}"
     cmd = [sys.executable, "-m", "ensemble_jax.cli", "sweep", "--out", str(out),
@@ -115,14 +133,15 @@ def main() -> None:
     workdir = Path(args.keep_runs or tempfile.mkdtemp(prefix="ensemble_jax_accuracy_"))
     runs = []
     for name in args.datasets.split(","):
-        for variant in args.variants.split(","):
-            for seed in seeds:
+        for seed in seeds:        # seed outermost: a partial run still holds paired variants
+            for variant in args.variants.split(","):
                 r = run_one(DATASETS[name], variant, seed, args, workdir)
                 runs.append(r)
                 print(f"{name:>16} {variant:>13} seed {seed}: ensemble {r['ensemble_test_px']:.2f} px"
                       f" (members {', '.join(f'{m:.2f}' for m in r['member_test_px'])}; mean pose "
                       f"{r['mean_pose_baseline_px']:.1f}), {r['steps']} steps, train "
                       f"{r['train_s']:.0f} s, wall {r['wall_s']:.0f} s", flush=True)
+                _write(Path(args.out), {"benchmark": "accuracy", "partial": True, "runs": runs})
     table = []
     print()
     print(f"{'dataset':>16} {'variant':>13} {'steps':>6} {'ensemble test px (95% CI)':>32} "
@@ -140,18 +159,28 @@ def main() -> None:
             print(f"{name:>16} {variant:>13} {row['steps']:6d} {fmt(ens):>32} "
                   f"{row['member_test_px_mean']:10.2f} {row['mean_pose_baseline_px']:9.1f} "
                   f"{row['wall_s_mean']:7.0f}")
+    paired = augmentation_effect(runs, args.datasets.split(","), args.variants.split(","))
+    for row in paired:
+        print(f"{row['dataset']:>16} {row['encoder']:>6}: augmentation changes the ensemble's "
+              f"test error by {fmt(row['aug_minus_noaug_px'])} px (paired over seeds "
+              f"{row['seeds']})")
     import jax
     result = {"benchmark": "accuracy", "date": time.strftime("%Y-%m-%d %H:%M"),
               "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
               "python": platform.python_version(), "jax": jax.__version__,
               "settings": {k: v for k, v in vars(args).items() if k not in ("out", "keep_runs")},
-              "units": "pixels of the original images", "table": table, "runs": runs}
-    out = Path(args.out)
+              "units": "pixels of the original images", "table": table,
+              "augmentation_effect": paired, "runs": runs}
+    _write(Path(args.out), result)
+    print(f"wrote {args.out}")
+
+
+def _write(out: Path, result: dict) -> None:
+    """Temp file, then rename: a killed benchmark leaves the last complete JSON."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
