@@ -307,7 +307,8 @@ def main(argv=None) -> dict:
     try:
         res = run.result
         p = res.predict(test.images[pt:pt + 1], heatmaps=True, members=members.tolist())
-        heat = 1 / (1 + np.exp(-p.heatmaps[:, 0]))                      # [M, K, h, w]
+        # sigmoid as exp(-log(1 + e^-x)): no overflow for the strongly negative logits
+        heat = np.exp(-np.logaddexp(0.0, -np.asarray(p.heatmaps[:, 0], np.float64)))  # [M, K, h, w]
     except Exception as e:  # the figure still shows detections without the maps
         print(f"warning: no heatmaps for the strong pair ({type(e).__name__}: {e})")
         p, heat = None, None
