@@ -188,11 +188,19 @@ def _score(run: Path, planted_ids: set[str]) -> dict:
     }, sus, bad
 
 
+AUGMENT_FLAGS = {"default": [], "off": ["--no-augment"],
+                 "augmented": ["--augment", "--aum-view", "augmented"],
+                 "clean": ["--augment", "--aum-view", "clean"]}
+
+
 def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Path,
-             keep: bool, strategy: str | None = None, reuse: bool = False) -> dict:
-    log = work / f"{case}-{seed}.log"
-    run = work / f"{case}-{seed}-run"
-    common = ["--plan", "random", "--members", "4", "--steps", str(steps), "--quiet"]
+             keep: bool, strategy: str | None = None, reuse: bool = False,
+             augment: str = "default") -> dict:
+    tag = "" if augment == "default" else f"-{augment}"
+    log = work / f"{case}-{seed}{tag}.log"
+    run = work / f"{case}-{seed}{tag}-run"
+    common = ["--plan", "random", "--members", "4", "--steps", str(steps), "--quiet",
+              *AUGMENT_FLAGS[augment]]
     if image_size:
         common += ["--image-size", str(image_size)]
     if strategy:
@@ -228,7 +236,7 @@ def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Pat
         row, sus, bad = _score(run, planted)
         row["pair"] = list(info["pair"])
         row["planted_frames"] = len(planted)
-    row.update(case=case, seed=seed, steps=steps, sweep_s=t_sweep, analyze_s=t_an,
+    row.update(case=case, seed=seed, steps=steps, augment=augment, sweep_s=t_sweep, analyze_s=t_an,
                wall_s=time.perf_counter() - t0)
     if not keep:
         shutil.rmtree(run, ignore_errors=True)
@@ -247,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                         "function; default: the sweep's auto, which times them first)")
     p.add_argument("--reuse", action="store_true",
                    help="with --work: keep a finished sweep found there, run analyze again")
+    p.add_argument("--augment", default="default", choices=sorted(AUGMENT_FLAGS),
+                   help="augmentation of the sweep: the command line's default (no flag), "
+                        "off, or on with AUM margins on the augmented or the clean frames")
     p.add_argument("--quick", action="store_true", help="synthetic, 1 seed, 40 steps")
     p.add_argument("--work", default=None, help="keep the run directories here")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/out/label_check_"
@@ -263,14 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     print(f"label check, case {args.case}: --plan random --members 4 --steps {args.steps}"
-          + (f" --image-size {args.image_size}" if args.image_size else " (image size: auto)"),
+          + (f" --image-size {args.image_size}" if args.image_size else " (image size: auto)")
+          + "".join(" " + f for f in AUGMENT_FLAGS[args.augment]),
           flush=True)
     print(f"{'seed':>4} {'size':>5} {'stride':>6} {'radius':>6} {'planted':>7} {'ROC-AUC':>8} "
           f"{'flagged':>7} {'recall':>7} {'precision':>9} {'rho MPE':>8} {'best rho':>22} "
           f"{'test px':>8} {'wall s':>7}", flush=True)
     for seed in seeds:
         r = run_case(args.case, seed, args.steps, args.image_size, work, keep=bool(args.work),
-                     strategy=args.strategy, reuse=args.reuse)
+                     strategy=args.strategy, reuse=args.reuse, augment=args.augment)
         rows.append(r)
         sp = r["spearman"]
         ok = {k: v for k, v in sp.items() if v is not None}
@@ -300,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     eio.write_json(out, {"backend": jax.default_backend(), "machine": platform.machine(),
                          "cpu_count": os.cpu_count(), "case": args.case, "steps": args.steps,
+                         "augment": args.augment,
                          "image_size_flag": args.image_size, "rows": rows})
     print(f"wrote {out}")
     return 0

@@ -137,15 +137,15 @@ def draw_affine(key: jax.Array, batch: int, hw: tuple[int, int], cfg: AugmentCon
                 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Per frame: (A float32 [B, 2, 2], t float32 [B, 2], flipped bool [B])."""
     h, w = hw
-    k_rot, k_rp, k_sc, k_tr, k_fl = jax.random.split(key, 5)
-    theta = jax.random.uniform(k_rot, (batch,), minval=-1.0, maxval=1.0) * (
-        cfg.rotation_deg * math.pi / 180.0)
-    theta = jnp.where(jax.random.uniform(k_rp, (batch,)) < cfg.rotation_prob, theta, 0.0)
-    scale = jax.random.uniform(k_sc, (batch,), minval=cfg.scale_min, maxval=cfg.scale_max)
-    t = jax.random.uniform(k_tr, (batch, 2), minval=-1.0, maxval=1.0) * (
-        cfg.translate * jnp.array([w, h], jnp.float32))
+    # One uniform draw for all of a frame's geometric numbers (each jax.random call is a
+    # Threefry loop of its own, with a fixed cost on the CPU).
+    u = jax.random.uniform(key, (batch, 6))
+    theta = (2.0 * u[:, 0] - 1.0) * (cfg.rotation_deg * math.pi / 180.0)
+    theta = jnp.where(u[:, 1] < cfg.rotation_prob, theta, 0.0)
+    scale = cfg.scale_min + (cfg.scale_max - cfg.scale_min) * u[:, 2]
+    t = (2.0 * u[:, 3:5] - 1.0) * (cfg.translate * jnp.array([w, h], jnp.float32))
     if cfg.flip_perm:
-        flipped = jax.random.uniform(k_fl, (batch,)) < cfg.flip_prob
+        flipped = u[:, 5] < cfg.flip_prob
     else:
         flipped = jnp.zeros((batch,), bool)
     cos, sin = jnp.cos(theta) * scale, jnp.sin(theta) * scale
@@ -185,13 +185,14 @@ def content_box(images: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(empty[:, None], jnp.array([1.0, 1.0, 0.0, 0.0]), box)
 
 
-def warp_images(images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray
-                ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def warp_images(images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
+                box: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Bilinear warp of images [B, H, W, C] (float) by p' = A (p - c) + c + t; returns
     (warped float32 [B, H, W, C], valid bool [B, H, W]: the output pixel's source lies in
-    the frame's content box). Pixels outside it are 0 (the padding value)."""
+    the frame's content box, `content_box(images)` unless given). Pixels outside it are 0
+    (the padding value)."""
     b, h, w, ch = images.shape
-    box = content_box(images)
+    box = content_box(images) if box is None else box
     c = jnp.array([(w - 1) / 2.0, (h - 1) / 2.0], jnp.float32)
     inv = jnp.linalg.inv(a)                                              # [B, 2, 2]
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
@@ -216,33 +217,52 @@ def warp_images(images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray
     return out.reshape(b, h, w, ch), valid.reshape(b, h, w)
 
 
-def photometric(key: jax.Array, images: jnp.ndarray, valid: jnp.ndarray,
-                cfg: AugmentConfig) -> jnp.ndarray:
-    """Brightness, contrast, noise, blur on float images [B, H, W, C] in [0, 1]; pixels
-    where `valid` [B, H, W] is False stay 0 (padding)."""
-    b = images.shape[0]
-    k_b, k_c, k_n, k_bl = jax.random.split(key, 4)
+def box_mask(box: jnp.ndarray, hw: tuple[int, int]) -> jnp.ndarray:
+    """bool [B, H, W]: the pixels inside each frame's content box [B, 4]."""
+    h, w = hw
+    ys = jnp.arange(h, dtype=jnp.float32)[None, :, None]
+    xs = jnp.arange(w, dtype=jnp.float32)[None, None, :]
+    return ((xs >= box[:, None, None, 0]) & (xs <= box[:, None, None, 2])
+            & (ys >= box[:, None, None, 1]) & (ys <= box[:, None, None, 3]))
+
+
+def blur(images: jnp.ndarray) -> jnp.ndarray:
+    """3x3 binomial blur (separable [1, 2, 1] / 4) of [B, H, W, C], edge-replicated."""
+    p = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    p = 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
+    return 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
+
+
+def photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
+                cfg: AugmentConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Warp and photometric change of float frames [B, H, W, C] in [0, 1]; returns
+    (float32 [B, H, W, C], valid bool [B, H, W]) like `warp_images`, with pixels outside
+    the warped content box at 0 (padding).
+
+    Blur acts on the source frame (the camera's blur, before any reframing) and contrast
+    scales about the mean of the source's content: both read the cheap source, so
+    everything after the warp is one elementwise pass (on the CPU, a blur or a mean of the
+    warped frames made XLA recompute the warp's gathers)."""
+    b, h, w, _ = images.shape
+    k_frame, k_noise = jax.random.split(key)
+    u = jax.random.uniform(k_frame, (b, 3, 1, 1, 1))   # blur, contrast, brightness
+    box = content_box(images)
     x = images
     if cfg.blur_prob > 0:
-        # 3x3 binomial blur (separable [1, 2, 1] / 4), edge-replicated.
-        p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        p = 0.25 * p[:, :-2] + 0.5 * p[:, 1:-1] + 0.25 * p[:, 2:]
-        blurred = 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
-        pick = jax.random.uniform(k_bl, (b, 1, 1, 1)) < cfg.blur_prob
-        x = jnp.where(pick, blurred, x)
-    vf = valid[..., None].astype(jnp.float32)
+        x = jnp.where(u[:, 0] < cfg.blur_prob, blur(x), x)
+    x, valid = warp_images(x, a, t, box)
     if cfg.contrast > 0:
-        mean = (x * vf).sum((1, 2, 3), keepdims=True) / jnp.maximum(
-            vf.sum((1, 2, 3), keepdims=True) * x.shape[-1], 1.0)
-        f = jax.random.uniform(k_c, (b, 1, 1, 1), minval=1 - cfg.contrast,
-                               maxval=1 + cfg.contrast)
-        x = (x - mean) * f + mean
+        inside = box_mask(box, (h, w))[..., None].astype(jnp.float32)
+        mean = (images * inside).sum((1, 2, 3), keepdims=True) / jnp.maximum(
+            inside.sum((1, 2, 3), keepdims=True) * images.shape[-1], 1.0)
+        x = (x - mean) * (1.0 + cfg.contrast * (2.0 * u[:, 1] - 1.0)) + mean
     if cfg.brightness > 0:
-        x = x + jax.random.uniform(k_b, (b, 1, 1, 1), minval=-cfg.brightness,
-                                   maxval=cfg.brightness)
+        x = x + cfg.brightness * (2.0 * u[:, 2] - 1.0)
     if cfg.noise_std > 0:
-        x = x + cfg.noise_std * jax.random.normal(k_n, x.shape)
-    return jnp.clip(x, 0.0, 1.0) * vf
+        # One value per pixel, shared by its channels (imgaug's AdditiveGaussianNoise
+        # default, per_channel=False): a third of the random numbers on RGB frames.
+        x = x + cfg.noise_std * jax.random.normal(k_noise, x.shape[:-1] + (1,))
+    return jnp.clip(x, 0.0, 1.0) * valid[..., None], valid
 
 
 def augment_batch(key: jax.Array, images: jnp.ndarray, keypoints: jnp.ndarray,
@@ -256,6 +276,6 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, keypoints: jnp.ndarray,
         x = x / 255.0
     k_geo, k_photo = jax.random.split(key)
     a, t, flipped = draw_affine(k_geo, b, (h, w), cfg)
-    warped, valid = warp_images(x, a, t)
+    out, _ = photometric(k_photo, x, a, t, cfg)
     kp = transform_keypoints(keypoints, a, t, flipped, (h, w), cfg.flip_perm)
-    return photometric(k_photo, warped, valid, cfg), kp
+    return out, kp
