@@ -211,7 +211,8 @@ def warp_images(images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
         xi, yi = x0 + dx, y0 + dy
         inb = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
         idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-        vals = jnp.take_along_axis(flat, idx[..., None], axis=1)
+        # Whole pixels (all channels) per index: a row gather, not one per channel.
+        vals = jax.vmap(lambda f, i: f[i])(flat, idx)                    # [B, HW, C]
         out = out + jnp.where(inb, wt, 0.0)[..., None] * vals
     out = jnp.where(valid[..., None], out, 0.0)
     return out.reshape(b, h, w, ch), valid.reshape(b, h, w)
@@ -240,29 +241,37 @@ def photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndar
     the warped content box at 0 (padding).
 
     Blur acts on the source frame (the camera's blur, before any reframing) and contrast
-    scales about the mean of the source's content: both read the cheap source, so
-    everything after the warp is one elementwise pass (on the CPU, a blur or a mean of the
-    warped frames made XLA recompute the warp's gathers)."""
+    scales about the mean of the source's content, so everything after the warp is one
+    elementwise pass. Frames go one at a time (`lax.map`): the loop's output is stored
+    once. Measured on the CPU, XLA otherwise fused the whole pass into both readers of the
+    augmented batch, the first convolution and its weight gradient's transposed copy,
+    computing it twice and the second time as slow strided scalar code."""
     b, h, w, _ = images.shape
     k_frame, k_noise = jax.random.split(key)
-    u = jax.random.uniform(k_frame, (b, 3, 1, 1, 1))   # blur, contrast, brightness
+    u = jax.random.uniform(k_frame, (b, 3))            # blur, contrast, brightness
     box = content_box(images)
-    x = images
-    if cfg.blur_prob > 0:
-        x = jnp.where(u[:, 0] < cfg.blur_prob, blur(x), x)
-    x, valid = warp_images(x, a, t, box)
-    if cfg.contrast > 0:
-        inside = box_mask(box, (h, w))[..., None].astype(jnp.float32)
-        mean = (images * inside).sum((1, 2, 3), keepdims=True) / jnp.maximum(
-            inside.sum((1, 2, 3), keepdims=True) * images.shape[-1], 1.0)
-        x = (x - mean) * (1.0 + cfg.contrast * (2.0 * u[:, 1] - 1.0)) + mean
-    if cfg.brightness > 0:
-        x = x + cfg.brightness * (2.0 * u[:, 2] - 1.0)
-    if cfg.noise_std > 0:
-        # One value per pixel, shared by its channels (imgaug's AdditiveGaussianNoise
-        # default, per_channel=False): a third of the random numbers on RGB frames.
-        x = x + cfg.noise_std * jax.random.normal(k_noise, x.shape[:-1] + (1,))
-    return jnp.clip(x, 0.0, 1.0) * valid[..., None], valid
+    inside = box_mask(box, (h, w))[..., None].astype(jnp.float32)
+    mean = (images * inside).sum((1, 2, 3)) / jnp.maximum(
+        inside.sum((1, 2, 3)) * images.shape[-1], 1.0)                    # [B]
+    # One noise value per pixel, shared by its channels (imgaug's AdditiveGaussianNoise
+    # default, per_channel=False): a third of the random numbers on RGB frames.
+    noise = (cfg.noise_std * jax.random.normal(k_noise, (b, h, w, 1)) if cfg.noise_std > 0
+             else jnp.zeros((b, 1, 1, 1), jnp.float32))
+
+    def one_frame(args):
+        img, a1, t1, box1, u1, mean1, noise1 = args
+        x = img[None]
+        if cfg.blur_prob > 0:
+            x = jnp.where(u1[0] < cfg.blur_prob, blur(x), x)
+        x, valid = warp_images(x, a1[None], t1[None], box1[None])
+        x, valid = x[0], valid[0]
+        if cfg.contrast > 0:
+            x = (x - mean1) * (1.0 + cfg.contrast * (2.0 * u1[1] - 1.0)) + mean1
+        if cfg.brightness > 0:
+            x = x + cfg.brightness * (2.0 * u1[2] - 1.0)
+        return jnp.clip(x + noise1, 0.0, 1.0) * valid[..., None], valid
+
+    return jax.lax.map(one_frame, (images, a, t, box, u, mean, noise))
 
 
 def augment_batch(key: jax.Array, images: jnp.ndarray, keypoints: jnp.ndarray,
