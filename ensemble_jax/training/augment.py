@@ -239,8 +239,8 @@ def blur(images: jnp.ndarray) -> jnp.ndarray:
     return 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
 
 
-def photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
-                cfg: AugmentConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
+def warp_photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
+                     cfg: AugmentConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Warp and photometric change of float frames [B, H, W, C] in [0, 1]; returns
     (float32 [B, H, W, C], valid bool [B, H, W]) like `warp_images`, with pixels outside
     the warped content box at 0 (padding).
@@ -290,6 +290,6 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, keypoints: jnp.ndarray,
         x = x / 255.0
     k_geo, k_photo = jax.random.split(key)
     a, t, flipped = draw_affine(k_geo, b, (h, w), cfg)
-    out, _ = photometric(k_photo, x, a, t, cfg)
+    out, _ = warp_photometric(k_photo, x, a, t, cfg)
     kp = transform_keypoints(keypoints, a, t, flipped, (h, w), cfg.flip_perm)
     return out, kp
