@@ -236,8 +236,8 @@ def run_case(case: str, seed: int, steps: int, image_size: int | None, work: Pat
         row, sus, bad = _score(run, planted)
         row["pair"] = list(info["pair"])
         row["planted_frames"] = len(planted)
-    row.update(case=case, seed=seed, steps=steps, augment=augment, sweep_s=t_sweep, analyze_s=t_an,
-               wall_s=time.perf_counter() - t0)
+    row.update(case=case, seed=seed, steps=steps, augment=augment, sweep_s=t_sweep,
+               analyze_s=t_an, wall_s=time.perf_counter() - t0)
     if not keep:
         shutil.rmtree(run, ignore_errors=True)
     return row

@@ -240,10 +240,9 @@ def blur(images: jnp.ndarray) -> jnp.ndarray:
 
 
 def warp_photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp.ndarray,
-                     cfg: AugmentConfig) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Warp and photometric change of float frames [B, H, W, C] in [0, 1]; returns
-    (float32 [B, H, W, C], valid bool [B, H, W]) like `warp_images`, with pixels outside
-    the warped content box at 0 (padding).
+                     cfg: AugmentConfig) -> jnp.ndarray:
+    """Warp and photometric change of float frames [B, H, W, C] in [0, 1]; returns float32
+    [B, H, W, C], with pixels outside the warped content box at 0 (padding).
 
     Blur acts on the source frame (the camera's blur, before any reframing) and contrast
     scales about the mean of the source's content, so everything after the warp is one
@@ -274,7 +273,7 @@ def warp_photometric(key: jax.Array, images: jnp.ndarray, a: jnp.ndarray, t: jnp
             x = (x - mean1) * (1.0 + cfg.contrast * (2.0 * u1[1] - 1.0)) + mean1
         if cfg.brightness > 0:
             x = x + cfg.brightness * (2.0 * u1[2] - 1.0)
-        return jnp.clip(x + noise1, 0.0, 1.0) * valid[..., None], valid
+        return jnp.clip(x + noise1, 0.0, 1.0) * valid[..., None]
 
     return jax.lax.map(one_frame, (images, a, t, box, u, mean, noise))
 
@@ -290,6 +289,6 @@ def augment_batch(key: jax.Array, images: jnp.ndarray, keypoints: jnp.ndarray,
         x = x / 255.0
     k_geo, k_photo = jax.random.split(key)
     a, t, flipped = draw_affine(k_geo, b, (h, w), cfg)
-    out, _ = warp_photometric(k_photo, x, a, t, cfg)
+    out = warp_photometric(k_photo, x, a, t, cfg)
     kp = transform_keypoints(keypoints, a, t, flipped, (h, w), cfg.flip_perm)
     return out, kp
