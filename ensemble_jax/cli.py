@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=None, help="synthetic frames (train + test)")
     s.add_argument("--noise-rate", type=float, default=None, help="synthetic planted label noise")
     s.add_argument("--test-fraction", type=float, default=None)
-    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--steps", type=int, default=None,
+                   help="steps per member (default 400; with --data, 400 or 120 passes over "
+                        "a member's frames at the batch size, the larger; printed)")
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--lr", type=float, default=None)
     s.add_argument("--widths", type=_ints, default=None, help="encoder widths, e.g. 16,32,64")
@@ -262,7 +264,8 @@ def _accuracy_options(args: argparse.Namespace, train):
     openfield at the defaults it lowered the label check's precision on all three seeds
     (1.00/0.89/0.90 -> 0.67/0.73/0.71 with AUM on the augmented view, below the 0.8 goal;
     benchmarks/RESULTS.md), while for accuracy at 200 epochs it helps (README). `--epochs`
-    sets the step count from the training frames (training/real_data.py)."""
+    sets the step count from the training frames; without it or `--steps`, a `--data` run
+    trains 400 steps or 120 passes over a member's frames, the larger (training/real_data.py)."""
     from ensemble_jax.training.augment import AugmentConfig, parse_flip_pairs
     augment = getattr(args, "augment", None)
     flips = getattr(args, "flip_pairs", None)
@@ -275,6 +278,12 @@ def _accuracy_options(args: argparse.Namespace, train):
     if epochs is not None and args.steps is not None:
         raise ValueError("--epochs and --steps both set the step count; give one of them")
     kw = {"augment": aug, "epochs": epochs}
+    if getattr(args, "data", None) and epochs is None and args.steps is None \
+            and not getattr(args, "smoke", False):
+        # a real project without a step count: 400 steps, or more passes for larger
+        # members (training/real_data.py: 400 steps on the projects it was validated on)
+        from ensemble_jax.training.real_data import MEMBER_EPOCHS
+        kw["member_epochs"] = MEMBER_EPOCHS
     if getattr(args, "schedule", None):
         kw["schedule"] = args.schedule
     return dataclasses.replace(train, **kw)

@@ -282,18 +282,20 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
     # Settings chosen from the data are printed once the resources are checked, so a
     # refusal stays the one line after the data line.
     chosen: list[str] = []
-    # Steps from epochs, warm-up, flip pairs as indices; encoder weights checked early.
-    from ensemble_jax.training.real_data import resolve_train_config
-    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts,
-                                     chosen.append)
-    if model_cfg.init_weights:
-        from ensemble_jax.models.pretrained import load_encoder
-        load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     logs.info(f"data: {data.source or 'synthetic'}: {train.n_frames} train / {test.n_frames} test "
               f"frames, {data.n_keypoints} keypoints, images {data.image_shape}; {data.counts()}")
     if getattr(data, "views", None):
         logs.info(f"camera views (the project's mirrored_column_matches): {len(data.views)} "
                   f"views of {len(data.views[0])} body points; label checking uses them")
+    masks, layout = make_plan(cfg, train.n_frames)
+    # Steps (given, from epochs, or from the passes over a member's frames), warm-up, flip
+    # pairs as indices; encoder weights checked early.
+    from ensemble_jax.training.real_data import resolve_train_config
+    train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts,
+                                     chosen.append, member_frames=float(masks.sum(1).mean()))
+    if model_cfg.init_weights:
+        from ensemble_jax.models.pretrained import load_encoder
+        load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
     # Heatmap settings chosen from the (clean) labels where asked (data/auto_size.py).
     model_cfg, train_cfg, auto = resolve_auto(cfg, model_cfg, train_cfg, train,
                                               chosen.append)
@@ -305,7 +307,6 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
     for line in chosen:
         logs.info(line)
-    masks, layout = make_plan(cfg, train.n_frames)
     warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),

@@ -160,6 +160,7 @@ def test_command_line_defaults_augment_opt_in():
     assert not train.augment.enabled and train.epochs is None and train.steps == 50
     _, _, train = parse("--data", "somewhere")
     assert not train.augment.enabled and train.epochs is None
+    assert train.member_epochs == 120 and train.steps == 400     # resolved from the data
     _, _, train = parse("--data", "somewhere", "--augment", "--epochs", "200",
                         "--schedule", "warmup_cosine")
     assert train.augment.enabled and train.epochs == 200 and train.schedule == "warmup_cosine"
@@ -175,3 +176,41 @@ def test_epochs_become_steps_with_warmup_and_flip_indices():
     assert out.steps == 1163 and out.warmup_steps == 58     # ceil(200 * 93 / 16), 5%
     assert out.augment.flip_perm == (2, 1, 0)
     assert resolve_train_config(out, 93, ["r", "n", "l"]) == out   # idempotent (resume)
+
+
+def test_default_step_count_scales_with_the_members_frames():
+    """--data without --steps/--epochs: 400 steps or 120 passes over a member's frames,
+    the larger: the projects the label check was validated on keep exactly 400 steps
+    (openfield 46.5, mirror-mouse 36 frames per member), a 1,000-frame project's members
+    (400 frames each) get 3,000."""
+    from ensemble_jax import cli
+    from ensemble_jax.training.real_data import resolve_train_config
+    parse = lambda *a: cli.sweep_configs(cli.build_parser().parse_args(
+        ["sweep", "--out", "x", *a]))[2]
+    tc = parse("--data", "somewhere")
+    lines = []
+    for frames, steps in ((36.0, 400), (46.5, 400), (53.0, 400), (54.0, 405), (400.0, 3000)):
+        out = resolve_train_config(tc, 100, [], lines.append, member_frames=frames)
+        assert out.steps == steps, frames
+        assert resolve_train_config(out, 100, [], member_frames=frames) == out   # resume
+    assert "3000 steps (default: the larger of 400 and 120 passes" in lines[-2]
+    # a given step count or epoch count, --smoke and synthetic data keep their own
+    for args in (("--data", "d", "--steps", "50"), ("--data", "d", "--epochs", "200"),
+                 ("--data", "d", "--smoke"), ()):
+        assert parse(*args).member_epochs is None, args
+    assert resolve_train_config(parse("--data", "d", "--steps", "50"), 100, [],
+                                member_frames=400.0).steps == 50
+
+
+def test_default_step_count_in_a_sweep_reads_the_plan():
+    """prepare() resolves the default from the plan's mean member size (bootstrap members
+    hold n draws, random ones a fraction), before anything is written."""
+    from ensemble_jax.sweep import SweepConfig, prepare
+    data = synthetic_dataset(400, image_size=32, seed=0)
+    tc = TrainConfig(batch_size=16, member_epochs=120)
+    for plan, kw, steps in (("random", {"fraction": 0.5}, 1200), ("bootstrap", {}, 2400)):
+        cfg = SweepConfig(plan=plan, n_members=2, test_fraction=0.2, threshold_fraction=0,
+                          **kw)
+        prep = prepare(cfg, SMALL, tc, dataset=data)
+        assert prep.train_cfg.steps == steps, plan       # 120 x (160 or 320) / 16
+        assert prep.config["train"]["steps"] == steps

@@ -46,6 +46,9 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()  # training/augment.py; off unless enabled
     epochs: float | None = None           # when set, a sweep sets steps from it and the
                                           # training frames (training/real_data.py)
+    member_epochs: float | None = None    # when set, a sweep trains at least this many passes
+                                          # over a member's frames (steps = max(steps, ..));
+                                          # the default for --data runs (training/real_data.py)
     crn: bool = False                     # common random numbers: members of a block share
                                           # init and draws, coherent sampler (training/crn.py)
 
@@ -71,6 +74,8 @@ class TrainConfig:
                 bad("warmup_steps", f"must be in [0, steps={self.steps})")
         if self.epochs is not None and not self.epochs > 0:
             bad("epochs", "must be > 0 or None")
+        if self.member_epochs is not None and not self.member_epochs > 0:
+            bad("member_epochs", "must be > 0 or None")
 
     def optimizer(self) -> optax.GradientTransformation:
         """Adam(W) with the schedule. Clipping acts on one member's gradient tree: the
