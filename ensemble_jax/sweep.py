@@ -139,6 +139,23 @@ def load_data(cfg: SweepConfig, multiple: int = 8) -> KeypointDataset:
                         image_size=AutoImageSize(multiple) if size == "auto" else size)
 
 
+def mean_member_frames(cfg: SweepConfig, n_train: int) -> float:
+    """A member's mean number of training frames (draws, for bootstrap) under the plan,
+    from the plan's sizes alone: known before the plan is built and its size checked."""
+    n = int(n_train)
+    if cfg.plan == "nested":
+        return float(np.mean([plans._subset_size(n, f) for f in cfg.fractions]))
+    if cfg.plan == "random":
+        return float(plans._subset_size(n, cfg.fraction))
+    if cfg.plan == "bootstrap":
+        return float(n)
+    if cfg.plan == "banzhaf":
+        return n / 2.0                                  # each frame in with probability 1/2
+    if cfg.plan == "kfold":
+        return n - n / float(cfg.n_members)
+    return float(n - 1)                                 # loo
+
+
 def make_plan(cfg: SweepConfig, n_train: int) -> tuple[np.ndarray, dict]:
     """Masks [M, n_train] and a description of each member (fraction, seed)."""
     if cfg.plan == "nested":
@@ -287,12 +304,12 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
     if getattr(data, "views", None):
         logs.info(f"camera views (the project's mirrored_column_matches): {len(data.views)} "
                   f"views of {len(data.views[0])} body points; label checking uses them")
-    masks, layout = make_plan(cfg, train.n_frames)
     # Steps (given, from epochs, or from the passes over a member's frames), warm-up, flip
     # pairs as indices; encoder weights checked early.
     from ensemble_jax.training.real_data import resolve_train_config
     train_cfg = resolve_train_config(train_cfg, train.n_frames, train.bodyparts,
-                                     chosen.append, member_frames=float(masks.sum(1).mean()))
+                                     chosen.append,
+                                     member_frames=mean_member_frames(cfg, train.n_frames))
     if model_cfg.init_weights:
         from ensemble_jax.models.pretrained import load_encoder
         load_encoder(str(model_cfg.init_weights), model_cfg.encoder)
@@ -307,6 +324,7 @@ def prepare(cfg: SweepConfig, model_cfg: ModelConfig, train_cfg: TrainConfig,
     guards.check_resources(n_members, model_cfg, train_cfg, train, scale)
     for line in chosen:
         logs.info(line)
+    masks, layout = make_plan(cfg, train.n_frames)      # after the sizes are checked
     warnings, unlabeled = guards.members_without_labels(masks, train, threshold_mask)
     config = {"format_version": FORMAT_VERSION, "sweep": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
