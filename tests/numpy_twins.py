@@ -454,16 +454,18 @@ def fit_datamodel(masks, values, lam, kind="ridge", strata=None, n_strata=1, swe
             if g.any() and not np.isnan(y_all[g, t]).all():
                 B[s, t] = y[g].mean() - X[g].mean(0) @ w
     return W, B
-def affine_warp(images, a, t):
+def affine_warp(images, a, t, content_of=None):
     """Twin of training.augment.warp_images: images float [B, H, W, C], A [B, 2, 2],
     t [B, 2]; output pixel p' samples the input bilinearly at A^-1 (p' - c - t) + c, 0
-    outside the frame's content box (bounding box of its non-zero pixels)."""
+    outside the frame's content box (bounding box of the non-zero pixels of `content_of`,
+    the images themselves unless given)."""
     images = np.asarray(images, np.float64)
+    content_of = images if content_of is None else np.asarray(content_of)
     b, h, w, ch = images.shape
     out = np.zeros_like(images)
     c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
     for i in range(b):
-        nz = np.argwhere(images[i].max(-1) > 0)
+        nz = np.argwhere(content_of[i].max(-1) > 0)
         if nz.size == 0:
             continue
         (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
@@ -479,6 +481,39 @@ def affine_warp(images, a, t):
                     if 0 <= xi < w and 0 <= yi < h:
                         wt = (1 - abs(sx - xi)) * (1 - abs(sy - yi))
                         out[i, yy, xx] += wt * images[i, yi, xi]
+    return out
+
+
+def photometric_warp(images, a, t, u, noise, blur_prob, contrast, brightness):
+    """Twin of training.augment.warp_photometric given its random draws: u [B, 3]
+    (blur, contrast, brightness uniforms), noise [B, H, W, 1] (already scaled). Frame i is
+    blurred (3x3 binomial, edges replicated) when u[i, 0] < blur_prob, warped inside the
+    source's content box, its contrast scaled about the mean of the source's content,
+    brightness and noise added, clipped to [0, 1], 0 outside the warped content."""
+    images = np.asarray(images, np.float64)
+    b, h, w, ch = images.shape
+    src = images.copy()
+    for i in range(b):
+        if u[i, 0] < blur_prob:
+            p = np.pad(images[i], ((1, 1), (1, 1), (0, 0)), mode="edge")
+            k = np.array([1.0, 2.0, 1.0]) / 4.0
+            src[i] = sum(k[dy] * k[dx] * p[dy:dy + h, dx:dx + w]
+                         for dy in range(3) for dx in range(3))
+    warped = affine_warp(src, a, t, content_of=images)
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    out = np.zeros_like(images)
+    for i in range(b):
+        nz = np.argwhere(images[i].max(-1) > 0)
+        (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
+        mean = images[i, y0:y1 + 1, x0:x1 + 1].mean()
+        x = (warped[i] - mean) * (1 + contrast * (2 * u[i, 1] - 1)) + mean
+        x = np.clip(x + brightness * (2 * u[i, 2] - 1) + noise[i], 0, 1)
+        inv = np.linalg.inv(np.asarray(a[i], np.float64))
+        for yy in range(h):
+            for xx in range(w):
+                sx, sy = inv @ (np.array([xx, yy], float) - c - t[i]) + c
+                if x0 - 0.5 <= sx <= x1 + 0.5 and y0 - 0.5 <= sy <= y1 + 0.5:
+                    out[i, yy, xx] = x[yy, xx]
     return out
 
 

@@ -63,6 +63,26 @@ def test_warp_matches_numpy_twin():
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
 
 
+def test_photometric_pass_matches_numpy_twin():
+    # blur on some frames and not others (a branch per frame), contrast about the
+    # source content's mean, brightness, noise, clipping, padding kept at 0.
+    rng = np.random.default_rng(1)
+    img = np.zeros((6, 12, 16, 3), np.float32)
+    img[:, 2:10, 1:15] = rng.uniform(0.1, 1, (6, 8, 14, 3))
+    cfg = dataclasses.replace(A.AugmentConfig(enabled=True), blur_prob=0.5, contrast=0.3,
+                              brightness=0.2, noise_std=0.05)
+    key = jax.random.key(5)
+    a, t, _ = A.draw_affine(jax.random.key(2), 6, (12, 16), cfg)
+    out = np.asarray(A.warp_photometric(key, jnp.asarray(img), a, t, cfg))
+    k_frame, k_noise = jax.random.split(key)                 # the function's own draws
+    u = np.asarray(jax.random.uniform(k_frame, (6, 3)))
+    noise = cfg.noise_std * np.asarray(jax.random.normal(k_noise, (6, 12, 16, 1)))
+    assert 0 < (u[:, 0] < 0.5).sum() < 6                      # both branches are checked
+    ref = twins.photometric_warp(img, np.asarray(a), np.asarray(t), u, noise,
+                                 cfg.blur_prob, cfg.contrast, cfg.brightness)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
 def test_flip_exchanges_declared_pairs():
     cfg = dataclasses.replace(GEOMETRY, rotation_deg=0.0, scale_min=1.0, scale_max=1.0,
                               translate=0.0, flip_pairs=(("leftear", "rightear"),),
