@@ -454,33 +454,49 @@ def fit_datamodel(masks, values, lam, kind="ridge", strata=None, n_strata=1, swe
             if g.any() and not np.isnan(y_all[g, t]).all():
                 B[s, t] = y[g].mean() - X[g].mean(0) @ w
     return W, B
-def affine_warp(images, a, t, content_of=None):
+def _content_box(frame):
+    """(x0, y0, x1, y1): inclusive bounds of a frame's non-zero pixels; None if all zero."""
+    nz = np.argwhere(frame.max(-1) > 0)
+    if nz.size == 0:
+        return None
+    (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
+    return x0, y0, x1, y1
+
+
+def _warp_frame(frame, a, t, box):
+    """One frame [H, W, C] warped bilinearly (source of output p' at A^-1 (p' - c - t) + c)
+    inside `box`: (warped [H, W, C], valid bool [H, W]: the source lies in the box)."""
+    h, w, _ = frame.shape
+    x0, y0, x1, y1 = box
+    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
+    inv = np.linalg.inv(np.asarray(a, np.float64))
+    out = np.zeros_like(frame)
+    valid = np.zeros((h, w), bool)
+    for yy in range(h):
+        for xx in range(w):
+            sx, sy = inv @ (np.array([xx, yy], float) - c - t) + c
+            if not (x0 - 0.5 <= sx <= x1 + 0.5 and y0 - 0.5 <= sy <= y1 + 0.5):
+                continue
+            valid[yy, xx] = True
+            fx, fy = int(np.floor(sx)), int(np.floor(sy))
+            for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                xi, yi = fx + dx, fy + dy
+                if 0 <= xi < w and 0 <= yi < h:
+                    wt = (1 - abs(sx - xi)) * (1 - abs(sy - yi))
+                    out[yy, xx] += wt * frame[yi, xi]
+    return out, valid
+
+
+def affine_warp(images, a, t):
     """Twin of training.augment.warp_images: images float [B, H, W, C], A [B, 2, 2],
     t [B, 2]; output pixel p' samples the input bilinearly at A^-1 (p' - c - t) + c, 0
-    outside the frame's content box (bounding box of the non-zero pixels of `content_of`,
-    the images themselves unless given)."""
+    outside the frame's content box (bounding box of its non-zero pixels)."""
     images = np.asarray(images, np.float64)
-    content_of = images if content_of is None else np.asarray(content_of)
-    b, h, w, ch = images.shape
     out = np.zeros_like(images)
-    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-    for i in range(b):
-        nz = np.argwhere(content_of[i].max(-1) > 0)
-        if nz.size == 0:
-            continue
-        (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
-        inv = np.linalg.inv(np.asarray(a[i], np.float64))
-        for yy in range(h):
-            for xx in range(w):
-                sx, sy = inv @ (np.array([xx, yy], float) - c - t[i]) + c
-                if not (x0 - 0.5 <= sx <= x1 + 0.5 and y0 - 0.5 <= sy <= y1 + 0.5):
-                    continue
-                fx, fy = int(np.floor(sx)), int(np.floor(sy))
-                for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-                    xi, yi = fx + dx, fy + dy
-                    if 0 <= xi < w and 0 <= yi < h:
-                        wt = (1 - abs(sx - xi)) * (1 - abs(sy - yi))
-                        out[i, yy, xx] += wt * images[i, yi, xi]
+    for i in range(images.shape[0]):
+        box = _content_box(images[i])
+        if box is not None:
+            out[i] = _warp_frame(images[i], a[i], t[i], box)[0]
     return out
 
 
@@ -492,28 +508,21 @@ def photometric_warp(images, a, t, u, noise, blur_prob, contrast, brightness):
     brightness and noise added, clipped to [0, 1], 0 outside the warped content."""
     images = np.asarray(images, np.float64)
     b, h, w, ch = images.shape
-    src = images.copy()
-    for i in range(b):
-        if u[i, 0] < blur_prob:
-            p = np.pad(images[i], ((1, 1), (1, 1), (0, 0)), mode="edge")
-            k = np.array([1.0, 2.0, 1.0]) / 4.0
-            src[i] = sum(k[dy] * k[dx] * p[dy:dy + h, dx:dx + w]
-                         for dy in range(3) for dx in range(3))
-    warped = affine_warp(src, a, t, content_of=images)
-    c = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
     out = np.zeros_like(images)
+    k = np.array([1.0, 2.0, 1.0]) / 4.0
     for i in range(b):
-        nz = np.argwhere(images[i].max(-1) > 0)
-        (y0, x0), (y1, x1) = nz.min(0), nz.max(0)
+        src = images[i]
+        if u[i, 0] < blur_prob:
+            p = np.pad(src, ((1, 1), (1, 1), (0, 0)), mode="edge")
+            src = sum(k[dy] * k[dx] * p[dy:dy + h, dx:dx + w]
+                      for dy in range(3) for dx in range(3))
+        box = _content_box(images[i])                       # of the source, before blur
+        x0, y0, x1, y1 = box
+        warped, valid = _warp_frame(src, a[i], t[i], box)
         mean = images[i, y0:y1 + 1, x0:x1 + 1].mean()
-        x = (warped[i] - mean) * (1 + contrast * (2 * u[i, 1] - 1)) + mean
+        x = (warped - mean) * (1 + contrast * (2 * u[i, 1] - 1)) + mean
         x = np.clip(x + brightness * (2 * u[i, 2] - 1) + noise[i], 0, 1)
-        inv = np.linalg.inv(np.asarray(a[i], np.float64))
-        for yy in range(h):
-            for xx in range(w):
-                sx, sy = inv @ (np.array([xx, yy], float) - c - t[i]) + c
-                if x0 - 0.5 <= sx <= x1 + 0.5 and y0 - 0.5 <= sy <= y1 + 0.5:
-                    out[i, yy, xx] = x[yy, xx]
+        out[i] = x * valid[..., None]
     return out
 
 
