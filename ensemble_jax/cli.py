@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", nargs="+", metavar="DIR", help="folders of images")
     pr.add_argument("--out", required=True, help="output folder: <out>/<video name>/")
     pr.add_argument("--batch-size", type=int, default=32, help="frames per batch (default 32)")
+    pr.add_argument("--allow-short-video", action="store_true",
+                    help="predict a video that holds fewer frames than its container "
+                         "declares (truncated): a warning recorded in predict.json instead "
+                         "of an error")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sg = sub.add_parser("suggest", help="pick video frames to label next and write them "
@@ -205,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the video predictions are kept (default "
                          "RUN_DIR/video-predictions; reused and resumed)")
     sg.add_argument("--batch-size", type=int, default=32)
+    sg.add_argument("--allow-short-video", action="store_true",
+                    help="as for predict: use the frames a truncated video holds")
     sg.add_argument("--seed", type=int, default=0, help="k-means start (--by cluster)")
     sg.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -335,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             from ensemble_jax.video.predict import predict_sources
             infos = predict_sources(args.run_dir, args.out, videos=args.video or (),
                                     images=args.images or (), batch_size=args.batch_size,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet,
+                                    allow_short=args.allow_short_video)
             for info in infos:
                 print(f"{info['source']['path']}: {info['frames']} frames, "
                       f"{len(info['members'])} members -> "
@@ -346,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                                   project=args.project, out=args.out,
                                   predictions=args.predictions, min_gap=args.min_gap,
                                   batch_size=args.batch_size, seed=args.seed,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet,
+                                  allow_short=args.allow_short_video)
             for r in rows:
                 print(f"{r['image']}: frame {r['frame']}, score {r['score']:.4g} "
                       f"({r['reason']})", flush=True)

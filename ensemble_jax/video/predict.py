@@ -22,6 +22,11 @@ Per source (a video, or a folder of images) `<out>/<name>/` holds:
   features.npy            float32 [frames, D]: per-member centred, unit-length encoder
                           features averaged over the members (what `suggest --by cluster`
                           clusters)
+  frames.csv              a video's frames as decoded: frame, pts (stream time base),
+                          time_s, crc32 of the decoded RGB pixels (what `suggest` and a
+                          resume check their seeks against)
+  frame_index.npz         a video's frame index (`video.frame_index`), valid while the
+                          video's size and modification time are unchanged
   predict.json            what was run (run directory, members, source, frames, timing);
                           written last: its presence marks a finished source
 
@@ -31,7 +36,14 @@ compiled program (`jax.vmap` over the stacked parameters). Memory does not grow 
 video's length: each batch's outputs are appended to raw files in `<out>/<name>/.partial/`
 together with a progress record (`progress.json`, written atomically after the batch's
 data are on disk). A killed `predict` run again with the same arguments continues after the
-last complete batch and writes the same files as an uninterrupted run.
+last complete batch and writes the same files as an uninterrupted run: the resumed decode
+is checked on the last frame done (its time stamp and CRC), and falls back to decoding from
+the start where a seek cannot be trusted.
+
+A video that holds fewer frames than its container declares (truncated, damaged) is an
+error naming both counts, found from its packets before anything is written and again
+after decoding; `allow_short=True` (`--allow-short-video`) predicts the frames it holds
+and records the shortfall in predict.json's "warnings".
 """
 from __future__ import annotations
 
@@ -61,6 +73,8 @@ __all__ = ["load_run", "predict_sources", "ensemble_forward", "PREDICT_FORMAT",
 PREDICT_FORMAT = "ensemble_jax.video_predict/1"
 PROGRESS = "progress.json"
 DONE = "predict.json"
+INDEX = "frame_index.npz"
+FRAMES = "frames.csv"
 CHUNK = 4096              # frames per chunk when the outputs are assembled
 
 
@@ -137,14 +151,22 @@ class _Layout:
     d: int          # feature width
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-frame row shape of each raw file (float32)."""
+        """Per-frame row shape of each raw file (float32 unless `DTYPES` says)."""
         return {"keypoints": (self.m, self.k, 2), "confidences": (self.m, self.k),
                 "mpe": (self.m, self.k), "features": (self.m, self.d),
-                "letterbox": (3,)}
+                "letterbox": (3,), "pts": (), "crc": ()}
 
 
-def _row_bytes(shape) -> int:
-    return int(np.prod(shape)) * 4
+# video time stamps and pixel CRCs of the decoded frames (-1 / 0 for image folders)
+DTYPES = {"pts": np.int64, "crc": np.uint32}
+
+
+def _dtype(name: str):
+    return np.dtype(DTYPES.get(name, np.float32))
+
+
+def _row_bytes(shape, name: str = "") -> int:
+    return int(np.prod(shape)) * _dtype(name).itemsize
 
 
 def _open_partial(part: Path, layout: _Layout, frames_done: int) -> dict:
@@ -155,17 +177,28 @@ def _open_partial(part: Path, layout: _Layout, frames_done: int) -> dict:
         path = part / f"{name}.f32"
         path.touch()
         with open(path, "r+b") as f:
-            f.truncate(frames_done * _row_bytes(shape))
+            f.truncate(frames_done * _row_bytes(shape, name))
         files[name] = open(path, "ab")
     return files
 
 
 def _read_rows(part: Path, name: str, shape, lo: int, hi: int) -> np.ndarray:
-    rb = _row_bytes(shape)
+    rb = _row_bytes(shape, name)
     with open(part / f"{name}.f32", "rb") as f:
         f.seek(lo * rb)
         data = f.read((hi - lo) * rb)
-    return np.frombuffer(data, np.float32).reshape((hi - lo,) + tuple(shape))
+    return np.frombuffer(data, _dtype(name)).reshape((hi - lo,) + tuple(shape))
+
+
+def read_frames_csv(path: str | os.PathLike) -> dict[int, tuple[int, int]]:
+    """frames.csv -> {frame: (pts, crc32)}, what `video.reader.read_frames` checks."""
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return {int(r["frame"]): (int(r["pts"]), int(r["crc32"])) for r in rows}
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a frames.csv written by predict ({e})") from None
 
 
 # ------------------------------------------------------------------ helpers
@@ -307,11 +340,20 @@ def _assemble(part: Path, dest: Path, source, result, members: np.ndarray, layou
                         "NaN" if v != v else f"{v:.6g}" for v in map(float, vals)]))
                 fu.write("\n".join(lines) + "\n")
     eio.save_npy(dest / "features.npy", feats)
+    if source.kind == "video":
+        pts = _read_rows(part, "pts", (), 0, n)
+        crc = _read_rows(part, "crc", (), 0, n)
+        tb = source.time_base
+        lines = ["frame,pts,time_s,crc32"] + [
+            f"{i},{int(p)},{float(int(p) * tb):.6f},{int(c)}"
+            for i, (p, c) in enumerate(zip(pts, crc))]
+        eio.write_text(dest / FRAMES, "\n".join(lines) + "\n")
 
 
 def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, *,
                  batch_size: int, scorer: str, progress: bool,
-                 after_batch: Callable[[int], None] | None) -> dict:
+                 after_batch: Callable[[int], None] | None,
+                 allow_short: bool = False) -> dict:
     import jax
     done_path = dest / DONE
     want = {"format": PREDICT_FORMAT, "run": run_fp, "source": source.fingerprint(),
@@ -340,10 +382,16 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
             batch_size = want["batch_size"] = int(prog["batch_size"])
         logs.info(f"{source.path}: resuming after frame {frames_done - 1} "
                   f"({frames_done} frames done)")
-    elif dest.exists() and any(p.name != ".partial" for p in dest.iterdir()):
+    elif dest.exists() and any(p.name not in (".partial", INDEX) for p in dest.iterdir()):
         raise ValueError(f"--out {dest}: exists and holds files that predict did not write; "
                          f"choose another --out")
     part.mkdir(parents=True, exist_ok=True)
+    anchor = None
+    if source.kind == "video":
+        source.use_cache(dest / INDEX)
+        if frames_done:      # the last frame done: the resumed seek is checked on it
+            anchor = (int(_read_rows(part, "pts", (), frames_done - 1, frames_done)[0]),
+                      int(_read_rows(part, "crc", (), frames_done - 1, frames_done)[0]))
     params = jax.tree_util.tree_map(lambda x: x[members], result.params)
     fwd = ensemble_forward(result)
     h, w, c = result.image_shape
@@ -360,7 +408,7 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
     t_start = time.perf_counter()
     try:
         for batch in batches(source, result.image_shape, start=frames_done,
-                             batch_size=batch_size):
+                             batch_size=batch_size, anchor=anchor):
             decode_s += batch.decode_s
             t = time.perf_counter()
             kp, conf, mpe, feat = jax.device_get(fwd(params, batch.images))
@@ -374,10 +422,12 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
                     "confidences": np.moveaxis(np.asarray(conf)[:, :b], 1, 0),
                     "mpe": np.moveaxis(np.asarray(mpe)[:, :b], 1, 0),
                     "features": np.moveaxis(np.asarray(feat)[:, :b], 1, 0),
-                    "letterbox": batch.letterbox}
+                    "letterbox": batch.letterbox,
+                    "pts": batch.pts if batch.pts is not None else np.full(b, -1),
+                    "crc": batch.crc if batch.crc is not None else np.zeros(b)}
             for name, arr in rows.items():
                 f = files[name]
-                f.write(np.ascontiguousarray(arr, np.float32).tobytes())
+                f.write(np.ascontiguousarray(arr, _dtype(name)).tobytes())
                 f.flush()
                 os.fsync(f.fileno())
             n += b
@@ -393,12 +443,24 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
             bar.close()
     if n == 0:
         raise DatasetError(f"{source.path}: no frames decoded")
+    warns = []
+    if source.kind == "video":
+        source.remember_decoded(_read_rows(part, "pts", (), 0, n))
+        short = source.check_complete(n)
+        if short and not allow_short:
+            raise DatasetError(f"{short}; nothing was written as predictions (pass "
+                               f"--allow-short-video to predict the {n} frames it holds)")
+        if short:
+            warns.append(short)
+            logs.warning(f"warning: {short}; predicted the {n} frames it holds")
     _assemble(part, dest, source, result, members, layout, n, scorer)
     wall = time.perf_counter() - t_start
     new = n - frames_done
     info = {**want, "frames": n, "bodyparts": list(result.bodyparts),
             "out_dir": str(dest.resolve()),
             "fps_video": source.fps if source.fps == source.fps else None,
+            "frames_declared": getattr(source, "declared", None) or None,
+            "warnings": warns,
             "frames_this_call": new, "wall_s": wall, "decode_s": decode_s,
             "device_s": device_s, "frames_per_s": new / wall if wall > 0 else None,
             "files": sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
@@ -415,12 +477,14 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     progress: bool = True,
                     scorer: str = "ensemble-jax",
                     after_batch: Callable[[int], None] | None = None,
-                    result=None) -> list[dict]:
+                    result=None, allow_short: bool = False) -> list[dict]:
     """Runs the alive members of `run_dir` on every frame of `videos` / `images` folders
     and writes `<out>/<name>/` per source (see the module doc). Returns each source's
     predict.json. Everything is checked before anything is written; the output folder is
     locked (`runlock`) while this runs. `after_batch(frames_done)` is called after each
-    batch is on disk (tests use it to simulate a kill)."""
+    batch is on disk (tests use it to simulate a kill). A video holding fewer frames than
+    its container declares is an error unless `allow_short` (then a warning recorded in
+    predict.json)."""
     from ensemble_jax import runlock
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be >= 1")
@@ -428,6 +492,11 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
         raise ValueError("give at least one --video or --images")
     sources = [open_source(v, "video") for v in videos] + \
               [open_source(d, "images") for d in images]
+    for s in sources:          # packets counted before anything is written
+        short = s.check_complete() if s.kind == "video" else None
+        if short and not allow_short:
+            raise DatasetError(f"{short}; pass --allow-short-video to predict the frames "
+                               f"it holds")
     names = [s.name for s in sources]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -452,7 +521,7 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     eio.remove_temporaries(d)
             info = _predict_one(s, dest, result, members, run_fp, batch_size=batch_size,
                                 scorer=scorer, progress=progress,
-                                after_batch=after_batch)
+                                after_batch=after_batch, allow_short=allow_short)
             infos.append(info)
             if info.get("frames_this_call"):
                 logs.info(f"{s.path}: {info['frames']} frames x {len(members)} members -> {dest} "

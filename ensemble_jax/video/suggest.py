@@ -15,6 +15,9 @@ The videos are predicted first (`video.predict`, resumable; the predictions are 
                       space, label the hardest frame of each part of it)
   uniform             evenly spaced over the eligible frames (a baseline)
 
+Images are the frames as decoded in order: each is read by time stamp after a seek and
+checked against the CRC that `predict` recorded for it (`frames.csv`).
+
 Eligible frames are those more than `min_gap` frames away from every frame of the video
 already in the destination folder (an extracted image `img<index>.png` or a row of a
 `CollectedData_*` label file); picks are also kept `min_gap` apart while the budget allows.
@@ -221,11 +224,13 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
                    budget: int, by: str = "mpe", project: str | os.PathLike | None = None,
                    out: str | os.PathLike | None = None,
                    predictions: str | os.PathLike | None = None, min_gap: int = 10,
-                   batch_size: int = 32, seed: int = 0, progress: bool = True,) -> list[dict]:
+                   batch_size: int = 32, seed: int = 0, progress: bool = True,
+                   allow_short: bool = False) -> list[dict]:
     """Scores the frames of `videos`, picks `budget` of them and writes them (see the module
     doc). Every argument is checked before anything is written. Returns one dict per pick
     (video, frame, image path, score, reason)."""
-    from ensemble_jax.video.predict import load_run, predict_sources, read_uncertainty
+    from ensemble_jax.video.predict import (FRAMES, load_run, predict_sources,
+                                            read_frames_csv, read_uncertainty)
     from ensemble_jax.video.reader import VideoSource, read_frames
     if by not in BY:
         raise ValueError(f"--by {by!r}: choose one of {', '.join(BY)}")
@@ -276,7 +281,7 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
                              f"{min_gap} of frames already there)")
     pred_dir = Path(predictions) if predictions is not None else Path(run_dir) / "video-predictions"
     infos = predict_sources(run_dir, pred_dir, videos=videos, batch_size=batch_size,
-                            progress=progress, result=result)
+                            progress=progress, result=result, allow_short=allow_short)
 
     # pooled arrays over all videos
     vid, frm, mpe, spread, rep, feats, elig = [], [], [], [], [], [], []
@@ -320,7 +325,9 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
         dest = dests[v]
         dest.mkdir(parents=True, exist_ok=True)
         pad = _pad_width(dest, int(infos[v]["frames"]))
-        frames = read_frames(s, [f for f, _, _ in mine])
+        # each image is checked against the frame as predict decoded it (time stamp, CRC)
+        expect = read_frames_csv(pred_dir / s.name / FRAMES)
+        frames = read_frames(s, [f for f, _, _ in mine], expect=expect)
         lines = [["frame", "image", "score", "score_name", "by", "reason"]]
         for f, i, why in mine:
             name = f"img{f:0{pad}d}.png"
