@@ -7,7 +7,9 @@ base64 data URIs and writes `RUN_DIR/report.html` atomically: one file that open
 browser with nothing beside it. The text of a section is written by the study from its
 computed numbers; this module only lays it out. A section may carry its study's
 `conclusion` (the dict its numbers.json states: a "statement" plus the numbers behind it),
-shown first, in a box, with those numbers.
+shown first, in a box, with those numbers. Only files inside RUN_DIR are embedded (paths
+resolved, links followed): a figure whose path leads out of it (an absolute path, `..`
+past RUN_DIR, a link to a file elsewhere) is refused with one line naming the section.
 """
 from __future__ import annotations
 
