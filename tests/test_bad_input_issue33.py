@@ -227,6 +227,16 @@ def test_damaged_predict_json_is_one_line_naming_it(run_dir, video, predictions,
     assert str(pred / "walk" / "predict.json") in line
 
 
+def test_damaged_progress_json_of_an_unfinished_predict_is_named(run_dir, video, tmp_path,
+                                                                 capsys):
+    part = tmp_path / "pred" / "walk" / ".partial"
+    part.mkdir(parents=True)
+    (part / "progress.json").write_text('{"frames_done": ')
+    line = _one_error(capsys, "predict", str(run_dir), "--video", str(video), "--out",
+                      str(tmp_path / "pred"), "--quiet")
+    assert f"{part / 'progress.json'}: not readable JSON" in line
+
+
 def test_suggest_names_predictions_not_out(run_dir, video, tmp_path, capsys):
     pred = tmp_path / "pred"
     (pred / "walk").mkdir(parents=True)
