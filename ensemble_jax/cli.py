@@ -375,24 +375,38 @@ _FLAGS = {"n_members": "--members", "n_seeds": "--seeds", "fractions": "--fracti
           "synthetic_frames": "--frames", "noise_rate": "--noise-rate", "steps": "--steps",
           "batch_size": "--batch-size", "learning_rate": "--lr", "widths": "--widths",
           "strategy": "--strategy", "chunk_size": "--chunk-size", "seed": "--seed",
-          "checkpoint_every": "--checkpoint-every", "plan": "--plan"}
-_API_WORD = re.compile(r"\b(?:(?:SweepConfig|TrainConfig|ExecConfig|ModelConfig)\.)?(%s)=(\S*)"
-                       % "|".join(sorted(_FLAGS, key=len, reverse=True)))
+          "checkpoint_every": "--checkpoint-every", "plan": "--plan",
+          "output_stride": "--output-stride", "aum_radius": "--aum-radius",
+          "threshold_fraction": "--threshold-fraction", "epochs": "--epochs",
+          "validation_members": "--validation-members", "resnet_width": "--resnet-width",
+          "resnet_depth": "--resnet-depth", "schedule": "--schedule", "crn": "--crn",
+          "resume": "--resume", "overwrite": "--overwrite"}
+_NAMES = "|".join(sorted(_FLAGS, key=len, reverse=True))
+_CONFIG = r"(?:SweepConfig|TrainConfig|ExecConfig|ModelConfig)\."
+_API_WORD = re.compile(r"\b(?:%s)?(%s)=(\S*)" % (_CONFIG, _NAMES))
+_CONFIG_FIELD = re.compile(r"\b%s(%s)\b" % (_CONFIG, _NAMES))   # `ModelConfig.widths must`
+_SWITCHES = ("allow_duplicates", "resume", "overwrite", "crn")          # flags without a value
 
 
 def flag_words(message: str) -> str:
     """`allow_duplicates=True` -> `--allow-duplicates`, `SweepConfig.n_members=0` ->
-    `--members 0`, `image_size=(H, W)` -> `--image-size N`: the words of the command line."""
+    `--members 0`, `image_size=(H, W)` -> `--image-size N`, `ModelConfig.widths must` ->
+    `--widths must`, `--resume (resume=True)` -> `--resume`: the words of the command
+    line."""
     def sub(m: re.Match) -> str:
         flag, value = _FLAGS[m.group(1)], m.group(2)
-        if value.rstrip(",;:") == "True" or m.group(1) == "allow_duplicates":
+        if value.rstrip(",;:") == "True" or m.group(1) in _SWITCHES:
             return flag + value[len(value.rstrip(",;:)")):] if value else flag
         return f"{flag} {value}" if value else flag
     for api, flag in (("image_size=(H, W) (or an int)", "--image-size N"),
                       ("image_size=(H, W)", "--image-size N"),
-                      ("lower n_members", "lower --members")):
+                      ("lower n_members", "lower --members"),
+                      ("--resume / resume=True", "--resume"),
+                      ("--resume (resume=True)", "--resume")):
         message = message.replace(api, flag)
-    return _API_WORD.sub(sub, message).replace(" (sweep: --allow-duplicates)", "")
+    message = _API_WORD.sub(sub, message)
+    message = _CONFIG_FIELD.sub(lambda m: _FLAGS[m.group(1)], message)
+    return message.replace(" (sweep: --allow-duplicates)", "")
 
 
 if __name__ == "__main__":

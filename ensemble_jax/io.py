@@ -93,6 +93,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(_finite(plain), indent=2, allow_nan=False) + "\n")
 
 
+def read_json(path: str | os.PathLike, expect: type | None = None) -> Any:
+    """The parsed JSON of `path`; ValueError naming the file when it cannot be read or
+    parsed, or (with `expect`, e.g. dict) holds another kind of value. A missing file
+    raises FileNotFoundError as it is: callers say what is missing and why."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:   # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{path}: not readable JSON ({type(e).__name__}: {e})") from None
+    if expect is not None and not isinstance(obj, expect):
+        kind = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise ValueError(f"{path}: damaged (expected {kind}, got {type(obj).__name__})")
+    return obj
+
+
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array), allow_pickle=False)

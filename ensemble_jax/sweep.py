@@ -96,6 +96,8 @@ class SweepConfig:
             bad("n_seeds", "must be a positive integer")
         if int(self.n_members) != self.n_members or self.n_members < 1:
             bad("n_members", "must be a positive integer")
+        if int(self.seed) != self.seed or self.seed < 0:
+            bad("seed", "must be a non-negative integer")
         if int(self.validation_members) != self.validation_members or \
                 self.validation_members < 0:
             bad("validation_members", "must be a non-negative integer")

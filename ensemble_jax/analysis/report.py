@@ -7,13 +7,14 @@ base64 data URIs and writes `RUN_DIR/report.html` atomically: one file that open
 browser with nothing beside it. The text of a section is written by the study from its
 computed numbers; this module only lays it out. A section may carry its study's
 `conclusion` (the dict its numbers.json states: a "statement" plus the numbers behind it),
-shown first, in a box, with those numbers.
+shown first, in a box, with those numbers. Only files inside RUN_DIR are embedded (paths
+resolved, links followed): a figure whose path leads out of it (an absolute path, `..`
+past RUN_DIR, a link to a file elsewhere) is refused with one line naming the section.
 """
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -101,7 +102,7 @@ def _section_html(folder: Path, sec: dict) -> str:
             out.append("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>")
         out.append("</table>")
     for fig in sec.get("figures", []):
-        path = folder / fig["file"]
+        path = fig["path"]             # resolved inside the report's folder (_check_section)
         data = path.read_bytes()
         if not data:
             raise ValueError(f"report: figure {path} is empty")
@@ -122,8 +123,16 @@ padding:.25em .6em;text-align:right}caption{text-align:left;font-weight:600;padd
 .conclusion{background:#f4f7fb;border-left:4px solid #36c;padding:.3em 1em;margin:1em 0}"""
 
 
-def _check_section(path: Path, sec: dict) -> None:
-    """A malformed section.json is named with the entry at fault (not a KeyError later)."""
+def inside(root: Path, path: Path) -> Path | None:
+    """`path` resolved (links followed) if it lies inside folder `root`, else None: a
+    report embeds only files of the folder it reports on, never /etc/... or ../x."""
+    real, top = path.resolve(), root.resolve()
+    return real if real == top or top in real.parents else None
+
+
+def _check_section(path: Path, sec: dict, root: Path) -> None:
+    """A malformed section.json is named with the entry at fault (not a KeyError later).
+    Figures must be files inside `root`, the folder the report is of."""
     def bad(where: str, why: str):
         raise ValueError(f"report: {path}: {where}: {why}")
     if not isinstance(sec["title"], str):
@@ -139,6 +148,8 @@ def _check_section(path: Path, sec: dict) -> None:
     for i, t in enumerate(tables):
         if not isinstance(t, dict) or {"caption", "columns", "rows"} - set(t):
             bad(f"table {i}", "must be an object with caption, columns and rows")
+        if not isinstance(t["caption"], str):
+            bad(f"table {i} caption", "must be text")
         if not isinstance(t["columns"], list) or not isinstance(t["rows"], list):
             bad(f"table {i}", "columns and rows must be lists")
         for r, row in enumerate(t["rows"]):
@@ -151,7 +162,11 @@ def _check_section(path: Path, sec: dict) -> None:
         if not isinstance(f, dict) or not isinstance(f.get("file"), str) \
                 or not isinstance(f.get("caption", ""), str):
             bad(f"figure {i}", "must be an object with a 'file' name and a 'caption'")
-        if not (path.parent / f["file"]).is_file():
+        f["path"] = inside(root, path.parent / f["file"])
+        if f["path"] is None:
+            bad(f"figure {i}", f"{f['file']!r} is outside {root}; a report embeds only "
+                "files inside the folder it reports on")
+        if not f["path"].is_file():
             bad(f"figure {i}", f"{path.parent / f['file']} does not exist")
     c = sec.get("conclusion")
     if c is not None and (not isinstance(c, dict) or not isinstance(c.get("statement"), str)):
@@ -169,12 +184,12 @@ def find_sections(run_dir: str | Path) -> list[tuple[Path, dict]]:
     sections = []
     for p in paths:
         try:
-            sec = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            sec = eio.read_json(p)
+        except OSError as e:
             raise ValueError(f"report: {p} is not a readable section ({e})") from e
         if not isinstance(sec, dict) or "title" not in sec:
             raise ValueError(f"report: {p} has no 'title'")
-        _check_section(p, sec)
+        _check_section(p, sec, run_dir)
         sections.append((p.parent, sec))
     sections.sort(key=lambda s: (s[1].get("order", 100), s[1]["title"]))
     return sections
@@ -187,9 +202,11 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> Path:
         raise NotADirectoryError(f"report: {run_dir} is not a directory")
     sections = find_sections(run_dir)
     if not sections:
-        from ensemble_jax.analysis.run_report import build_run_report, is_run_dir
+        from ensemble_jax.analysis.run_report import (build_run_report, is_run_dir,
+                                                      unfinished_run)
         if is_run_dir(run_dir):   # a sweep (+ analyze) run directory: a report of that run
             return build_run_report(run_dir, title=title)
+        unfinished_run(run_dir)
         raise ValueError(f"report: no {SECTION_FILE} under {run_dir} (run a study first)")
     title = title or f"ensemble-jax report: {run_dir.name}"
     body = "\n".join(_section_html(folder, sec) for folder, sec in sections)

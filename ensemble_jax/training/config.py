@@ -63,6 +63,8 @@ class TrainConfig:
             bad("batch_size", "must be a positive integer")
         if not self.learning_rate > 0:
             bad("learning_rate", "must be > 0")
+        if int(self.seed) != self.seed or self.seed < 0:   # PRNG keys take no negative seed
+            bad("seed", "must be a non-negative integer")
         if self.schedule not in SCHEDULES:
             bad("schedule", f"unknown schedule; choose one of {SCHEDULES}")
         if not self.sigma > 0:

@@ -47,6 +47,12 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         num_processes = int(env["JAX_NUM_PROCESSES"])
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num-processes {num_processes}: must be >= 1 (or leave it out)")
+    if process_id is not None and (process_id < 0 or (num_processes is not None
+                                                      and process_id >= num_processes)):
+        raise ValueError(f"--process-id {process_id}: must be in 0..number of processes - 1"
+                         + (f" ({num_processes - 1})" if num_processes else ""))
     if coordinator is None and not num_processes:
         return False
     if num_processes == 1:

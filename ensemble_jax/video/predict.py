@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -353,7 +352,7 @@ def _assemble(part: Path, dest: Path, source, result, members: np.ndarray, layou
 def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, *,
                  batch_size: int, scorer: str, progress: bool,
                  after_batch: Callable[[int], None] | None,
-                 allow_short: bool = False) -> dict:
+                 allow_short: bool = False, flag: str = "--out") -> dict:
     import jax
     done_path = dest / DONE
     want = {"format": PREDICT_FORMAT, "run": run_fp, "source": source.fingerprint(),
@@ -361,20 +360,20 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
             "batch_size": int(batch_size), "scorer": scorer}
     same_as = lambda d: all(d.get(k) == v for k, v in want.items() if k != "batch_size")
     if done_path.is_file():
-        done = json.loads(done_path.read_text())
+        done = eio.read_json(done_path, dict)
         if same_as(done):
             logs.info(f"{source.path}: already predicted in {dest} (predict.json); skipped")
             return {**done, "frames_this_call": 0}
-        raise ValueError(f"--out {dest}: holds finished predictions of another run or source "
-                         f"(predict.json differs); choose another --out")
+        raise ValueError(f"{flag} {dest}: holds finished predictions of another run or source "
+                         f"(predict.json differs); choose another {flag}")
     part = dest / ".partial"
     frames_done = 0
     if (part / PROGRESS).is_file():
-        prog = json.loads((part / PROGRESS).read_text())
+        prog = eio.read_json(part / PROGRESS, dict)
         if not same_as(prog):
-            raise ValueError(f"--out {dest}: holds an unfinished predict of another run or "
+            raise ValueError(f"{flag} {dest}: holds an unfinished predict of another run or "
                              f"source ({part / PROGRESS}); use the same arguments to resume "
-                             f"it, or choose another --out")
+                             f"it, or choose another {flag}")
         frames_done = int(prog["frames_done"])
         if int(prog["batch_size"]) != batch_size:   # same batches: the same numbers
             logs.info(f"{source.path}: resuming with the batch size it started with, "
@@ -383,8 +382,8 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
         logs.info(f"{source.path}: resuming after frame {frames_done - 1} "
                   f"({frames_done} frames done)")
     elif dest.exists() and any(p.name not in (".partial", INDEX) for p in dest.iterdir()):
-        raise ValueError(f"--out {dest}: exists and holds files that predict did not write; "
-                         f"choose another --out")
+        raise ValueError(f"{flag} {dest}: exists and holds files that predict did not write; "
+                         f"choose another {flag}")
     part.mkdir(parents=True, exist_ok=True)
     anchor = None
     if source.kind == "video":
@@ -477,14 +476,16 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     progress: bool = True,
                     scorer: str = "ensemble-jax",
                     after_batch: Callable[[int], None] | None = None,
-                    result=None, allow_short: bool = False) -> list[dict]:
+                    result=None, allow_short: bool = False,
+                    flag: str = "--out") -> list[dict]:
     """Runs the alive members of `run_dir` on every frame of `videos` / `images` folders
     and writes `<out>/<name>/` per source (see the module doc). Returns each source's
     predict.json. Everything is checked before anything is written; the output folder is
     locked (`runlock`) while this runs. `after_batch(frames_done)` is called after each
     batch is on disk (tests use it to simulate a kill). A video holding fewer frames than
     its container declares is an error unless `allow_short` (then a warning recorded in
-    predict.json)."""
+    predict.json). `flag`: the option that named `out`, for the messages (suggest passes
+    "--predictions")."""
     from ensemble_jax import runlock
     if batch_size < 1:
         raise ValueError(f"--batch-size {batch_size}: must be >= 1")
@@ -501,11 +502,11 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"two sources share the name {dup[0]!r} (outputs go to "
-                         f"<out>/<name>/); rename one or predict them into different --out")
+                         f"<out>/<name>/); rename one or predict them into different {flag}")
     result = load_run(run_dir) if result is None else result
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out}: exists and is a file, not a folder")
+        raise NotADirectoryError(f"{flag} {out}: exists and is a file, not a folder")
     alive = np.asarray(result.alive, bool)
     members = np.flatnonzero(alive)
     for m in np.flatnonzero(~alive):
@@ -521,7 +522,8 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     eio.remove_temporaries(d)
             info = _predict_one(s, dest, result, members, run_fp, batch_size=batch_size,
                                 scorer=scorer, progress=progress,
-                                after_batch=after_batch, allow_short=allow_short)
+                                after_batch=after_batch, allow_short=allow_short,
+                                flag=flag)
             infos.append(info)
             if info.get("frames_this_call"):
                 logs.info(f"{s.path}: {info['frames']} frames x {len(members)} members -> {dest} "

@@ -28,7 +28,10 @@ as DeepLabCut's frame extraction names them: as wide as the folder's existing im
 ceil(log10(frames of the video)) digits) and `suggested.csv` there (`suggested_<n>.csv`
 when that exists); `--out D` writes the same into `D/<video name>/`. Existing files are
 never written over (an image is created with a hard link that fails if the name exists)
-and label files are never opened for writing. config.yaml is not edited: add a new video to
+and label files are never opened for writing. Every image written is listed in a
+suggested.csv: a write that fails (a full disk) removes the images that call wrote, and
+the temporaries a killed run left (`.img<index>.png.<pid>.tmp`) are removed by the next
+run. config.yaml is not edited: add a new video to
 its `video_sets` (DeepLabCut's `add_new_videos`) so that DeepLabCut merges the folder.
 """
 from __future__ import annotations
@@ -195,6 +198,13 @@ def _link_new(tmp: Path, dest: Path) -> bool:
     return True
 
 
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _write_png_new(path: Path, frame: np.ndarray) -> bool:
     from PIL import Image
     buf = io.BytesIO()
@@ -203,11 +213,66 @@ def _write_png_new(path: Path, frame: np.ndarray) -> bool:
     if path.exists():
         return False
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        _write_synced(tmp, buf.getvalue())
+    except BaseException:         # a full disk: leave no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     return _link_new(tmp, path)
+
+
+_TMP = re.compile(r"^\.img\d+\.png\.(\d+)\.tmp$")
+
+
+def _writer_gone(pid: int) -> bool:
+    """True unless process `pid` (another suggest, maybe still writing) is alive."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except PermissionError:       # alive, someone else's
+        return False
+    except (ProcessLookupError, OverflowError, ValueError):
+        return True
+    return False
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Deletes the `.img<index>.png.<pid>.tmp` files that a killed suggest left in `folder`
+    (only that name, and only when that process is gone: a live one is still writing)."""
+    for p in folder.iterdir() if folder.is_dir() else []:
+        m = _TMP.match(p.name)
+        if m and p.is_file() and not p.is_symlink() and _writer_gone(int(m.group(1))):
+            p.unlink(missing_ok=True)
+
+
+def _write_suggestions(dest: Path, images: list[tuple[str, np.ndarray]],
+                       rows: list[list], header: list[str]) -> tuple[list[int], Path]:
+    """Writes the new images and then their list (suggested[_n].csv); positions of the
+    images written (one that exists is left as it is). On a failure (a full disk) the
+    images this call wrote are removed again, so that every image of ours is listed in
+    a suggested.csv; nothing else is touched."""
+    written: list[Path] = []
+    kept: list[int] = []
+    try:
+        for j, (name, frame) in enumerate(images):
+            if _write_png_new(dest / name, frame):
+                written.append(dest / name)
+                kept.append(j)
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([header] + [rows[j] for j in kept])
+        target = _free_name(dest, "suggested")
+        eio.write_text(target, buf.getvalue())
+    except BaseException as e:
+        for p in written:
+            p.unlink(missing_ok=True)
+        if isinstance(e, OSError):    # one line naming the folder (ENOSPC names no file)
+            err = OSError(f"{dest}: could not write the suggested frames ({e.strerror or e}); "
+                          f"the images this run wrote there were removed again")
+            err.errno = e.errno
+            raise err from e
+        raise
+    return kept, target
 
 
 def _free_name(folder: Path, stem: str) -> Path:
@@ -240,6 +305,8 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
         raise ValueError(f"--budget {budget}: must be a positive integer")
     if min_gap < 0:
         raise ValueError(f"--min-gap {min_gap}: must be >= 0")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"--seed {seed}: must be a non-negative integer")
     if not videos:
         raise ValueError("give at least one --video")
     sources = [VideoSource(v) for v in videos]
@@ -281,7 +348,8 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
                              f"{min_gap} of frames already there)")
     pred_dir = Path(predictions) if predictions is not None else Path(run_dir) / "video-predictions"
     infos = predict_sources(run_dir, pred_dir, videos=videos, batch_size=batch_size,
-                            progress=progress, result=result, allow_short=allow_short)
+                            progress=progress, result=result, allow_short=allow_short,
+                            flag="--predictions")
 
     # pooled arrays over all videos
     vid, frm, mpe, spread, rep, feats, elig = [], [], [], [], [], [], []
@@ -324,23 +392,21 @@ def suggest_frames(run_dir: str | os.PathLike, videos: Sequence[str | os.PathLik
             continue
         dest = dests[v]
         dest.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(dest)
         pad = _pad_width(dest, int(infos[v]["frames"]))
         # each image is checked against the frame as predict decoded it (time stamp, CRC)
         expect = read_frames_csv(pred_dir / s.name / FRAMES)
         frames = read_frames(s, [f for f, _, _ in mine], expect=expect)
-        lines = [["frame", "image", "score", "score_name", "by", "reason"]]
-        for f, i, why in mine:
-            name = f"img{f:0{pad}d}.png"
-            if not _write_png_new(dest / name, frames[f]):
+        images = [(f"img{f:0{pad}d}.png", frames[f]) for f, _, _ in mine]
+        rows = [[f, name, "NaN" if scores[i] != scores[i] else f"{float(scores[i]):.6g}",
+                 score_name, by, why] for (f, i, why), (name, _) in zip(mine, images)]
+        kept, target = _write_suggestions(
+            dest, images, rows, ["frame", "image", "score", "score_name", "by", "reason"])
+        for j, ((f, i, why), (name, _)) in enumerate(zip(mine, images)):
+            if j not in kept:
                 logs.info(f"{dest / name}: exists; left as it is and frame {f} not suggested")
                 continue
-            sc = float(scores[i])
-            lines.append([f, name, "NaN" if sc != sc else f"{sc:.6g}", score_name, by, why])
             rows_out.append({"video": str(s.path), "frame": f, "image": str(dest / name),
-                             "score": sc, "reason": why})
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(lines)
-        target = _free_name(dest, "suggested")
-        eio.write_text(target, buf.getvalue())
-        logs.info(f"{s.path}: {len(lines) - 1} frames written to {dest} (list: {target.name})")
+                             "score": float(scores[i]), "reason": why})
+        logs.info(f"{s.path}: {len(kept)} frames written to {dest} (list: {target.name})")
     return rows_out
