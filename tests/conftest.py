@@ -51,3 +51,4 @@ def _write_png(path: Path, array: np.ndarray) -> Path:
 def write_png():
     """`write_png(path, uint8 array [h, w] or [h, w, 3])` -> path (folders created)."""
     return _write_png
+

@@ -8,7 +8,6 @@ initial parameters, as in test_video.py) and shared by the module; the run direc
 for `report` are plain files written here (no JAX)."""
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -19,10 +18,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tiny_runs import untrained_run
 
-from ensemble_jax import cli, rundir
+from ensemble_jax import cli
 from ensemble_jax import io as eio
-from ensemble_jax.analysis.report import build_report, write_section
+from ensemble_jax.analysis.report import build_report
 from ensemble_jax.video import reader, suggest
 from ensemble_jax.video.predict import predict_sources
 
@@ -182,20 +182,7 @@ def test_read_json_names_the_file(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory as `sweep` writes it (2 members with their initial parameters)."""
-    import jax
-    from ensemble_jax.data.synthetic import synthetic_dataset
-    from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-    from ensemble_jax.training.config import TrainConfig
-
-    out = tmp_path_factory.mktemp("run")
-    data = synthetic_dataset(8, image_size=SIZE, seed=1)
-    train, test = data.split(0.25, seed=0)
-    mc = dataclasses.replace(ModelConfig(), widths=(8, 16), head_width=8)
-    model = HeatmapNet(mc, data.n_keypoints)
-    params = jax.vmap(lambda k: model.init(k, train.images[:1]))(
-        jax.random.split(jax.random.key(3), 2))
-    return rundir.write_untrained(out, train, test, mc, TrainConfig(steps=1), params,
-                                  strategy="vmap")
+    return untrained_run(tmp_path_factory.mktemp("run"), frames=8, size=SIZE, members=2)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ files are the ones `sweep` writes, so `load_result` reads them) to keep the file
 `test_cli_smoke_sweep_predict_suggest` (slow) runs the real commands on a trained run."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_runs import untrained_run
 
 from ensemble_jax import rundir
 from ensemble_jax.cli import main
@@ -58,20 +58,7 @@ def _scene(i: int, h: int = 48, w: int = 64) -> np.ndarray:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory as `sweep` writes it, 3 members, member 2 diverged."""
-    import jax
-    from ensemble_jax.data.synthetic import synthetic_dataset
-    from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-    from ensemble_jax.training.config import TrainConfig
-
-    out = tmp_path_factory.mktemp("run")
-    data = synthetic_dataset(12, image_size=SIZE, seed=1)
-    train, test = data.split(0.25, seed=0)
-    mc = dataclasses.replace(ModelConfig(), widths=(8, 16), head_width=8)
-    model = HeatmapNet(mc, data.n_keypoints)
-    keys = jax.random.split(jax.random.key(3), 3)
-    params = jax.vmap(lambda k: model.init(k, train.images[:1]))(keys)
-    return rundir.write_untrained(out, train, test, mc, TrainConfig(steps=1), params,
-                                  alive=np.array([True, True, False]), strategy="vmap")
+    return untrained_run(tmp_path_factory.mktemp("run"), alive=[True, True, False])
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ truncated video is refused with one line; `suggest` writes exactly the frames de
 order."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from fractions import Fraction
@@ -15,9 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from tiny_runs import untrained_run
 from PIL import Image
 
-from ensemble_jax import rundir
 from ensemble_jax.cli import main
 from ensemble_jax.video import reader
 from ensemble_jax.video.frame_index import FrameIndex, build_index
@@ -85,18 +84,8 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 def run_dir(tmp_path_factory) -> Path:
     """A run directory as `sweep` writes it (untrained members: predictions are still a
     deterministic function of the pixels, all that these tests compare)."""
-    import jax
-    from ensemble_jax.data.synthetic import synthetic_dataset
-    from ensemble_jax.models.heatmap_net import HeatmapNet, ModelConfig
-    from ensemble_jax.training.config import TrainConfig
-    out = tmp_path_factory.mktemp("run")
-    data = synthetic_dataset(12, image_size=SIZE, seed=2)
-    train, test = data.split(0.25, seed=0)
-    mc = dataclasses.replace(ModelConfig(), widths=(8, 16), head_width=8)
-    params = jax.vmap(lambda k: HeatmapNet(mc, data.n_keypoints).init(k, train.images[:1]))(
-        jax.random.split(jax.random.key(5), 2))
-    return rundir.write_untrained(out, train, test, mc, TrainConfig(steps=1), params,
-                                  alive=np.array([True, True]), strategy="vmap")
+    return untrained_run(tmp_path_factory.mktemp("run"), size=SIZE, members=2,
+                         data_seed=2, key=5)
 
 
 def _sequential(path: Path) -> list[reader.Decoded]:
