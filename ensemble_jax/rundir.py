@@ -53,7 +53,7 @@ FILES = {
     "data.npz": "sweep: train/test frames at training resolution, labels, letterbox",
     "checkpoints/": "sweep: orbax checkpoints of the ensemble state (for --resume)",
     "params.msgpack": "sweep: final stacked parameters",
-    "training.npz": "sweep: losses, AUM sums/counts, alive, diverged_at",
+    "training.npz": "sweep: losses, AUM sums/counts, alive, diverged_at, failed_reason",
     "predictions.npz": "sweep: per-member keypoints and confidences",
     "summary.json": "sweep: errors and speed; written last (its absence = unfinished)",
     "learning_curve.png": "sweep: ensemble and member test error per fraction",
@@ -261,6 +261,26 @@ def remove_temporaries(path: Path) -> list[Path]:
 
 
 # -------------------------------------------------------------------------- reading
+def failed_sweep(run: str | os.PathLike) -> str | None:
+    """Why a run directory without summary.json holds no result, when its sweep ended with
+    every member failed (training.npz written, alive all False: sweep._all_failed); None
+    otherwise (e.g. a sweep still running or killed)."""
+    run = Path(run)
+    if (run / "summary.json").exists() or not (run / "training.npz").is_file():
+        return None
+    try:
+        z = eio.load_npz(run / "training.npz")
+    except (OSError, ValueError):
+        return None
+    if "alive" not in z or np.asarray(z["alive"], bool).any():
+        return None
+    reasons = [str(r) for r in z.get("failed_reason", [])]
+    first = next((f"member {m} {r}" for m, r in enumerate(reasons) if r), None)
+    return (f"{run}: the sweep ended with every member failed"
+            + (f" (e.g. {first})" if first else "") + "; it holds no result (see "
+            f"training.npz); run a new sweep (e.g. with a lower --lr)")
+
+
 def load_json(path: str | os.PathLike, need: Iterable[str] = ()) -> dict:
     """A JSON object from a run-directory file; RunDirError naming the file if it is
     unreadable, not an object, or lacks one of `need`."""
@@ -328,9 +348,12 @@ def write_untrained(out: Path, train: Any, test: Any, model_config: Any, train_c
                     strategy: str = "untrained") -> Path:
     """A run directory as `sweep` writes it around given (e.g. freshly initialised)
     stacked parameters [M, ...], every member on every frame, for tests and benchmarks of
-    its readers (predict, report). No manifest: `load` reads it, `analyze` refuses it."""
+    its readers (predict, report), with a manifest recording every file's checksum as a
+    sweep's does (`predict` and `suggest` verify them)."""
     import jax
     from flax import serialization
+    rd = RunDir(out)
+    rd.create(data_fingerprint(train, test))
     m = int(jax.tree_util.tree_leaves(params)[0].shape[0])
     n, k = train.n_frames, train.n_keypoints
     alive = np.ones(m, bool) if alive is None else np.asarray(alive, bool)
@@ -345,6 +368,8 @@ def write_untrained(out: Path, train: Any, test: Any, model_config: Any, train_c
                  aum_count=np.zeros((m, n, k), np.int32),
                  alive=alive, diverged_at=np.where(alive, -1, 0))
     eio.write_json(out / "summary.json", {"members": m, "strategy": strategy})
+    rd.record("config.json", "subsets.npy", "data.npz", "params.msgpack", "training.npz",
+              "summary.json")
     return out
 
 
@@ -522,13 +547,38 @@ class Run:
         if bad:
             raise ValueError(f"{run / 'params.msgpack'}: parameter shapes {bad[0][0]} do not "
                              f"match the model of config.json ({bad[0][1]})")
-        return EnsembleResult(
+        result = EnsembleResult(
             model_config=mc, train_config=tc, params=params, masks=masks.astype(np.int32),
             bodyparts=bodyparts, image_shape=image_shape,
             aum_sum=training["aum_sum"], aum_count=training["aum_count"],
             losses=training["losses"], alive=training["alive"].astype(bool),
             diverged_at=training["diverged_at"],
-            strategy=str(self.summary.get("strategy", "unknown")), timing={})
+            strategy=str(self.summary.get("strategy", "unknown")), timing={},
+            failed_reason=training["failed_reason"].astype(str)
+            if "failed_reason" in training else None)
+        if result.failed_reason is None:
+            result = self._judge_old(result)
+        return result
+
+    def _judge_old(self, result: Any) -> Any:
+        """A run from before training/health.py recorded no failed_reason: members that
+        learned nothing (judged on its predictions.npz and losses) are marked failed now,
+        as a new sweep marks them."""
+        from ensemble_jax.training import health
+        if not (self.path / "predictions.npz").is_file():
+            return result
+        try:
+            p = self.predictions
+        except (OSError, ValueError):
+            return result
+        confs = [p[k] for k in ("train_confidences", "test_confidences") if k in p]
+        if not confs or np.asarray(confs[0]).shape[0] != result.n_members:
+            return result
+        nothing = health.learned_nothing(confs, result.losses)
+        if not any(nothing[m] for m in np.flatnonzero(result.alive)):
+            return result
+        reasons = [health.reason(result, m) or nothing[m] for m in range(result.n_members)]
+        return health.mark_failed(result, reasons)
 
 
 def load(run_dir: str | os.PathLike) -> Run:

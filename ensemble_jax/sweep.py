@@ -8,7 +8,8 @@ The run directory is the contract between stages (see ARCHITECTURE.md; `rundir` 
   data.npz           the training/test frames at training resolution + labels + letterbox
                      (+ train_threshold_mask: the AUM threshold samples)
   params.msgpack     final stacked parameters (flax serialization)
-  training.npz       losses [steps, M], AUM sums/counts [M, n_train, K], alive, diverged_at
+  training.npz       losses [steps, M], AUM sums/counts [M, n_train, K], alive, diverged_at,
+                     failed_reason (training/health.py)
   predictions.npz    per-member keypoints/confidences on train and test frames
                      (original-image pixels) and the labels they are scored against
   test-predictions/  the test frames' predictions as DeepLabCut CSVs: members/member_<m>.csv
@@ -37,7 +38,7 @@ from ensemble_jax.data.dataset import KeypointDataset
 from ensemble_jax.models.heatmap_net import ModelConfig
 from ensemble_jax.training.config import ExecConfig, TrainConfig
 from ensemble_jax.training.result import EnsembleResult, consensus
-from ensemble_jax.training import sharding, waves
+from ensemble_jax.training import health, sharding, waves
 from ensemble_jax.training.trainer import EnsembleTrainer
 from ensemble_jax import logs
 
@@ -429,13 +430,21 @@ def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
                              checkpoint_dir=out / "checkpoints", resume=resume,
                              progress=progress, lr_scale=prep.lr_scale,
                              mesh=prep.mesh, block_ids=prep.config.get("crn_block_ids"))
-    if prep.unlabeled_members:       # never learned anything: excluded like diverged ones
-        alive = np.asarray(result.alive, bool).copy()
-        alive[prep.unlabeled_members] = False
-        result = dataclasses.replace(result, alive=alive)
     # Every process predicts its share of the members; process 0 gets them all and writes.
     predictions = {"train": sharding.predict_gathered(result, train.images),
                    "test": sharding.predict_gathered(result, test.images)}
+    # Failed members (diverged, no labeled frame, learned nothing: training/health.py) are
+    # excluded like diverged ones; every process decides the same from the same predictions.
+    diverged = np.asarray(result.diverged_at) >= 0
+    result = health.mark_failed(result, health.failure_reasons(
+        result, predictions, prep.unlabeled_members))
+    alive = np.asarray(result.alive, bool)
+    if primary and alive.any():    # else the one error line of _all_failed says it
+        for m in np.flatnonzero(~alive & ~diverged):   # the trainer named diverged ones
+            logs.warning(f"warning: member {m} {result.failed_reason[m]}; it is excluded from "
+                         f"consensus, analyze and predict")
+    if not alive.any():
+        _all_failed(out, result, rd)
     if not primary:
         sharding.barrier("ensemble_jax.sweep.done")
         return {"members": result.n_members, "process_index": jax.process_index()}
@@ -453,16 +462,34 @@ def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
     if n_div:
         summary["warnings"].append(f"{n_div} of {result.n_members} members diverged and are "
                                    f"excluded (diverged_members)")
+    n_nothing = sum(1 for r in summary["failed_members"] if r["reason"].startswith("learned"))
+    if n_nothing:
+        summary["warnings"].append(f"{n_nothing} of {result.n_members} members learned nothing "
+                                   f"and are excluded (failed_members)")
     summary["wall_s"] = time.perf_counter() - prep.t0
     rd.write_json("summary.json", summary)
     logs.info(_describe(summary))
     sharding.barrier("ensemble_jax.sweep.done")
-    if not np.asarray(result.alive, bool).any():
-        first = min((d["step"] for d in summary["diverged_members"]), default=-1)
-        raise ValueError(
-            f"every member diverged (the first at step {first}) or had no labeled frame; "
-            f"the run in {out} has no usable member: lower --lr, check the labels")
     return summary
+
+
+def _all_failed(out: Path, result: EnsembleResult, rd: "rundir.RunDir | None") -> None:
+    """Every member failed: no result is written (no parameters, predictions or
+    summary.json, so `analyze`, `predict` and `report` see an unfinished run), only
+    training.npz (losses, alive, diverged_at, failed_reason) beside the checkpoints, for
+    inspection; raises DeadEnsembleError (one line)."""
+    if rd is not None:
+        rd.save_npz("training.npz", losses=result.losses, aum_sum=result.aum_sum,
+                    aum_count=result.aum_count, alive=result.alive,
+                    diverged_at=result.diverged_at, failed_reason=result.failed_reason)
+    sharding.barrier("ensemble_jax.sweep.done")
+    div = np.asarray(result.diverged_at)
+    head = (f"every member diverged (the first at step {int(div[div >= 0].min())})"
+            if (div >= 0).all() else
+            f"every member failed ({health.describe_failed(result)})")
+    raise health.DeadEnsembleError(
+        f"{head}; no result was written to {out} (no summary.json; losses in "
+        f"training.npz, checkpoints kept for inspection): lower --lr, check the labels")
 
 
 def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -498,7 +525,9 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
     eio.write_bytes(out / "params.msgpack", serialization.to_bytes(result.params))
     eio.save_npz(out / "training.npz", losses=result.losses, aum_sum=result.aum_sum,
                  aum_count=result.aum_count, alive=result.alive,
-                 diverged_at=result.diverged_at)
+                 diverged_at=result.diverged_at,
+                 **({} if result.failed_reason is None else
+                    {"failed_reason": np.asarray(result.failed_reason, str)}))
     if predictions is not None:   # e.g. gathered from every process
         p_train, p_test = predictions["train"], predictions["test"]
     else:
@@ -543,6 +572,9 @@ def write_results(out: Path, result: EnsembleResult, train: KeypointDataset,
         "diverged_members": [{"member": int(m), "step": int(result.diverged_at[m])}
                              for m in np.flatnonzero(~np.asarray(result.alive, bool)
                                                      & (np.asarray(result.diverged_at) >= 0))],
+        "alive_members": int(np.asarray(result.alive, bool).sum()),
+        "failed_members": [{"member": int(m), "reason": health.reason(result, int(m))}
+                           for m in np.flatnonzero(~np.asarray(result.alive, bool))],
     }
     member_err = np.array([r.get("test_mean_px", np.nan) for r in ev["members"]])
     if len(per_fraction) > 1:
@@ -561,4 +593,8 @@ def _describe(summary: dict) -> str:
                      f"{np.mean(row['member_test_mean_px']):.2f} px (mean)")
     lines.append(f"  ensemble (all members): {summary['ensemble_test']['mean_px']:.2f} px; "
                  f"predicting the mean pose: {summary['mean_pose_baseline_px']:.2f} px")
+    if summary.get("failed_members"):
+        lines.append(f"  alive members: {summary['alive_members']} of {summary['members']} "
+                     f"(failed: " + ", ".join(str(r["member"]) for r in
+                                              summary["failed_members"]) + ")")
     return "\n".join(lines)

@@ -287,8 +287,11 @@ def test_test_split_without_labels_is_an_error(tmp_path):
 def test_every_member_diverged_is_an_error(tmp_path, capsys):
     with pytest.raises(ValueError, match="every member diverged"):
         run_sweep(tmp_path / "r", TINY, SMALL, TINY_TC, TINY_EC, lr_scale=[1e12, 1e12], **QUIET)
-    summary = json.loads((tmp_path / "r" / "summary.json").read_text())   # the record
-    assert len(summary["diverged_members"]) == 2
+    # no result (issue 33): no summary.json, no parameters; the losses stay for inspection
+    assert not (tmp_path / "r" / "summary.json").exists()
+    assert not (tmp_path / "r" / "params.msgpack").exists()
+    record = eio.load_npz(tmp_path / "r" / "training.npz")
+    assert (record["diverged_at"] >= 0).all() and not record["alive"].any()
     assert cli.main(["sweep", "--out", str(tmp_path / "x"), "--smoke", "--lr", "inf"]) == 2
     assert "--lr inf: must be a finite number > 0" in capsys.readouterr().err
 

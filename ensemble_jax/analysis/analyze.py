@@ -66,6 +66,7 @@ from ensemble_jax.analysis import figures, metrics
 from ensemble_jax.analysis import suspects as sus
 from ensemble_jax.analysis import uncertainty as unc
 from ensemble_jax.models.forward import members_over_frames
+from ensemble_jax.training import health
 from ensemble_jax.training.result import EnsembleResult
 from ensemble_jax import logs
 
@@ -167,6 +168,8 @@ def analyze(run_dir: str | Path, *, progress: bool = True,
     run = Path(run_dir)
     if run.exists() and not run.is_dir():
         raise NotADirectoryError(f"{run}: is a file, not a run directory")
+    if rundir.failed_sweep(run):
+        raise ValueError(rundir.failed_sweep(run))
     for name in ("config.json", "subsets.npy", "data.npz", "params.msgpack", "training.npz"):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run}: not a complete run directory ({name} is missing)")
@@ -220,6 +223,8 @@ def _analyze_locked(run: Path, *, progress: bool, batch_size: int, top: int,
         "run_dir": str(run.resolve()), "members": result.n_members,
         "alive_members": members.tolist(),
         "diverged_members": np.flatnonzero(~alive).tolist(),
+        "failed_members": [{"member": int(m), "reason": health.reason(result, int(m))}
+                           for m in np.flatnonzero(~alive)],
         "n_train": train.n_frames, "n_test": test.n_frames, "bodyparts": list(train.bodyparts),
         "aum": aum_info, "influence": influence_info,
         **{key: infos[key] for key in ("mpe", "spread", "representativeness")},
@@ -237,13 +242,12 @@ def alive_members(run: Path, result: EnsembleResult, n: int) -> tuple:
         raise ValueError(f"{run}: subsets.npy has {masks.shape[1]} frames, data.npz {n}")
     alive = np.asarray(result.alive, bool)
     for m in np.flatnonzero(~alive):
-        why = (f"diverged at step {int(result.diverged_at[m])}" if result.diverged_at[m] >= 0
-               else "has no labeled frame in its subset")
-        logs.warning(f"warning: member {m} {why}; it is excluded from AUM, influence, MPE "
-                     "and spread")
+        logs.warning(f"warning: member {m} {health.reason(result, m)}; it is excluded from "
+                     "AUM, influence, MPE, spread and suspects")
     members = np.flatnonzero(alive)
     if not members.size:
-        raise ValueError(f"{run}: every member diverged; nothing to analyse")
+        raise ValueError(f"{run}: every member failed ({health.describe_failed(result)}); "
+                         f"nothing to analyse")
     return alive, members
 
 
@@ -519,6 +523,9 @@ def describe(analysis: dict, n: int = 3) -> str:
     if top_mpe:
         lines.append("highest multi-peak entropy: " + ", ".join(
             f"{r['frame']} [{r['split']}] ({r['score']:.2f})" for r in top_mpe))
-    if analysis["diverged_members"]:
+    if analysis.get("failed_members"):
+        lines.append("failed members excluded: " + "; ".join(
+            f"member {r['member']} {r['reason']}" for r in analysis["failed_members"]))
+    elif analysis["diverged_members"]:
         lines.append(f"diverged members excluded: {analysis['diverged_members']}")
     return "\n".join(lines)

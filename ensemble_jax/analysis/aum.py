@@ -122,7 +122,8 @@ def aum_report(aum_sum: np.ndarray, aum_count: np.ndarray, alive: np.ndarray | N
 
     Args:
       aum_sum, aum_count: `[M, n, K]` from `training.npz`.
-      alive: bool `[M]`; dead (diverged) members are left out of the ensemble AUM.
+      alive: bool `[M]`; failed members (diverged, learned nothing: training/health.py)
+        are left out of the ensemble AUM.
       threshold_mask: bool `[n, K]`, True at threshold samples; None = no threshold samples.
     """
     aum_m = member_aum(aum_sum, aum_count)
@@ -142,7 +143,7 @@ def aum_report(aum_sum: np.ndarray, aum_count: np.ndarray, alive: np.ndarray | N
     member_flagged = np.zeros(aum_m.shape, bool)
     for i in range(m):
         if not alive[i]:
-            member_rule.append("diverged: excluded")
+            member_rule.append("failed: excluded")
             continue
         c, r = threshold_cut(aum_m[i], threshold_mask, percentile)
         member_cut[i] = c

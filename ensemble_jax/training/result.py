@@ -36,6 +36,9 @@ class EnsembleResult:
     diverged_at: np.ndarray          # int32 [M], -1 = never
     strategy: str
     timing: dict
+    # str [M]: why each member failed ("" = alive; training/health.py); None for runs from
+    # before it (then `health.reason` derives it from diverged_at)
+    failed_reason: Any = None
 
     @property
     def n_members(self) -> int:

@@ -78,12 +78,16 @@ CHUNK = 4096              # frames per chunk when the outputs are assembled
 
 
 def load_run(run_dir: str | os.PathLike):
-    """The trained `EnsembleResult` of a finished run directory (`summary.json` present).
-    Raises ValueError / FileNotFoundError with one line naming what is missing."""
+    """The trained `EnsembleResult` of a finished run directory (`summary.json` present),
+    its files checked against the manifest's checksums (RunDirError naming a file that was
+    replaced, e.g. another run's params.msgpack). Raises ValueError / FileNotFoundError with
+    one line naming what is missing, or when every member failed (training/health.py)."""
     from ensemble_jax import rundir
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"RUN_DIR {run}: not a folder")
+    if rundir.failed_sweep(run):
+        raise ValueError(f"RUN_DIR {rundir.failed_sweep(run)}")
     for name in ("config.json", "subsets.npy", "data.npz", "params.msgpack", "training.npz"):
         if not (run / name).is_file():
             raise FileNotFoundError(f"RUN_DIR {run}: not a run directory of ensemble-jax "
@@ -91,9 +95,13 @@ def load_run(run_dir: str | os.PathLike):
     if not (run / "summary.json").is_file():
         raise FileNotFoundError(f"RUN_DIR {run}: the sweep has not finished (summary.json is "
                                 f"missing); finish it with `ensemble-jax sweep --resume` first")
+    # parameters, data and settings must be the ones this run's sweep wrote (as `analyze`)
+    rundir.verify_files(run, rundir.ANALYZE_INPUTS, rundir.read_manifest(run))
+    from ensemble_jax.training import health
     result = rundir.load(run).result
     if not np.asarray(result.alive, bool).any():
-        raise ValueError(f"RUN_DIR {run}: every member diverged; nothing to predict with")
+        raise ValueError(f"RUN_DIR {run}: every member failed ({health.describe_failed(result)})"
+                         f"; nothing to predict with")
     return result
 
 
@@ -509,8 +517,11 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
         raise NotADirectoryError(f"{flag} {out}: exists and is a file, not a folder")
     alive = np.asarray(result.alive, bool)
     members = np.flatnonzero(alive)
+    if not members.size:
+        raise ValueError(f"RUN_DIR {run_dir}: every member failed; nothing to predict with")
+    from ensemble_jax.training.health import reason
     for m in np.flatnonzero(~alive):
-        logs.warning(f"warning: member {m} diverged at step {int(result.diverged_at[m])}; left out")
+        logs.warning(f"warning: member {m} {reason(result, m)}; left out")
     run_fp = _run_fingerprint(Path(run_dir))
     out.mkdir(parents=True, exist_ok=True)
     infos = []
