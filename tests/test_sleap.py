@@ -384,3 +384,25 @@ def test_moved_image_sequence_keeps_its_frame_ids(tmp_path, write_png):
         assert list(after.frame_ids) == list(before.frame_ids)
         assert after.images.tobytes() == before.images.tobytes()
         np.testing.assert_array_equal(after.keypoints, before.keypoints)
+
+
+def test_sleap_io_reads_the_lightning_pose_table_as_we_do(shared_data):
+    """sleap-io has no Lightning Pose reader; its DeepLabCut table reader on the shared
+    mirror-mouse CollectedData.csv gives our 90 frames and labels (to float32 rounding),
+    with one image 'video' per frame, the nodes in alphabetical order and no camera views
+    (ours keeps the config's mirrored_column_matches)."""
+    mm = shared_data / "lp-mirror-mouse-example"
+    ours = load_dataset(mm / "CollectedData.csv")
+    theirs = sio.load_dlc(str(mm / "CollectedData.csv"))
+    nodes = list(theirs.skeleton.node_names)
+    assert len(theirs.labeled_frames) == ours.n_frames == 90 and len(theirs.videos) == 90
+    assert sorted(nodes) == sorted(ours.bodyparts) and nodes != list(ours.bodyparts)
+    order = [nodes.index(b) for b in ours.bodyparts]
+    got = {}
+    for lf in theirs.labeled_frames:
+        f = str(lf.video.filename[lf.frame_idx]).replace("\\", "/")
+        got["/".join(f.split("/")[-2:])] = lf.instances[0].numpy()[order]
+    assert sorted(got) == sorted(ours.frame_ids)
+    np.testing.assert_allclose(np.stack([got[f] for f in ours.frame_ids]),
+                               ours.original_keypoints(), atol=1e-4)
+    assert ours.views is not None
