@@ -58,8 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="train a subset ensemble and write a run directory")
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--data", default=None, help="DeepLabCut project folder, Lightning Pose "
-                   "CSV, COCO JSON or TFDS name (default: embedded synthetic scenes)")
-    s.add_argument("--format", choices=["dlc", "lightning-pose", "coco", "tfds"], default=None)
+                   "CSV, COCO JSON, SLEAP .slp / .pkg.slp or TFDS name (default: embedded "
+                   "synthetic scenes)")
+    s.add_argument("--format", choices=["dlc", "lightning-pose", "coco", "tfds", "sleap"],
+                   default=None)
+    s.add_argument("--individual", default=None, metavar="largest|first|TRACK",
+                   help="SLEAP and COCO files with several animals in a frame: keep the "
+                        "largest, the first, or (SLEAP) the one on track TRACK (default: "
+                        "SLEAP tracks become keypoints <track>/<node>; otherwise such "
+                        "frames are refused)")
+    s.add_argument("--video-root", default=None, metavar="DIR",
+                   help="SLEAP files: a folder where videos that moved are found by file "
+                        "name")
     s.add_argument("--image-size", type=int, default=None,
                    help="training resolution (letterboxed square); must divide by 2**stages "
                         "(default with --data: the longest frame side, at most 256, rounded "
@@ -231,6 +241,8 @@ def sweep_configs(args: argparse.Namespace):
         return {k: v for k, v in kw.items() if v is not None}
     sweep = dataclasses.replace(sweep, **pick(
         data=args.data, format=args.format, image_size=args.image_size, plan=args.plan,
+        individual=getattr(args, "individual", None),
+        video_root=getattr(args, "video_root", None),
         fractions=args.fractions, n_seeds=args.seeds, n_members=args.members,
         fraction=args.fraction, synthetic_frames=args.frames, noise_rate=args.noise_rate,
         test_fraction=args.test_fraction, seed=args.seed,
@@ -380,7 +392,8 @@ _FLAGS = {"n_members": "--members", "n_seeds": "--seeds", "fractions": "--fracti
           "threshold_fraction": "--threshold-fraction", "epochs": "--epochs",
           "validation_members": "--validation-members", "resnet_width": "--resnet-width",
           "resnet_depth": "--resnet-depth", "schedule": "--schedule", "crn": "--crn",
-          "resume": "--resume", "overwrite": "--overwrite"}
+          "resume": "--resume", "overwrite": "--overwrite", "individual": "--individual",
+          "video_root": "--video-root"}
 _NAMES = "|".join(sorted(_FLAGS, key=len, reverse=True))
 _CONFIG = r"(?:SweepConfig|TrainConfig|ExecConfig|ModelConfig)\."
 _API_WORD = re.compile(r"\b(?:%s)?(%s)=(\S*)" % (_CONFIG, _NAMES))

@@ -72,6 +72,8 @@ class SweepConfig:
     # pairs, a label put on another keypoint, a displacement inside the image content;
     # analysis/threshold.py). The command line uses "realistic".
     threshold_kinds: str = "far"
+    individual: str | None = None     # SLEAP / COCO: which animal of a crowded frame
+    video_root: str | None = None     # SLEAP: where moved videos are found by file name
 
     def __post_init__(self) -> None:
         def bad(name, why):
@@ -139,7 +141,8 @@ def load_data(cfg: SweepConfig, multiple: int = 8) -> KeypointDataset:
     from ensemble_jax.data.auto_size import AutoImageSize
     from ensemble_jax.data.load import load_dataset
     return load_dataset(cfg.data, format=cfg.format,
-                        image_size=AutoImageSize(multiple) if size == "auto" else size)
+                        image_size=AutoImageSize(multiple) if size == "auto" else size,
+                        individual=cfg.individual, video_root=cfg.video_root)
 
 
 def mean_member_frames(cfg: SweepConfig, n_train: int) -> float:

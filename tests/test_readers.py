@@ -109,6 +109,10 @@ def test_load_dataset_detects_formats(shared_data, tmp_path):
     assert detect_format(tmp_path / "a.json") == "coco"
     assert detect_format("some_tfds_name") == "tfds"
     with pytest.raises(DatasetError, match="one of"):
+        load_dataset(shared_data / MIRROR, format="nwb")
+    (tmp_path / "a.pkg.slp").write_bytes(b"")
+    assert detect_format(tmp_path / "a.pkg.slp") == "sleap"        # tests/test_sleap.py
+    with pytest.raises(DatasetError, match="a folder, not a SLEAP"):
         load_dataset(shared_data / MIRROR, format="sleap")
     with pytest.raises(DatasetError, match="cannot tell"):
         detect_format(tmp_path)

@@ -47,7 +47,8 @@ def parse_coco(json_path: str | os.PathLike, *, individual: str | None = None,
     """Parses the JSON: (bodyparts, file_names, xy float64 [n, K, 2], contexts)."""
     json_path = Path(json_path)
     if individual not in _POLICIES:
-        raise DatasetError(f"individual must be one of {_POLICIES}, got {individual!r}")
+        raise DatasetError(f"--individual {individual}: a COCO file has no tracks; use "
+                           f"largest or first")
     try:
         raw = json_path.read_bytes()
     except FileNotFoundError:
@@ -163,8 +164,8 @@ def _parse_doc(path: Path, doc: Any, individual, category, keep_unannotated):
                 raise DatasetError(
                     f"{path}: image id {iid!r} ({files[idx]}) has {len(anns)} keypoint "
                     f"annotations ({', '.join(f'annotations[{i}]' for i, _, _ in anns)}); "
-                    f"one animal per frame is supported: pass individual='largest' or "
-                    f"individual='first' to keep one")
+                    f"one animal per frame is supported: pick one with --individual "
+                    f"largest|first")
             if individual == "largest":
                 anns = [max(anns, key=_size_of)]
             else:

@@ -6,6 +6,7 @@ Format detection from what `path` is:
   one/two levels below it)                               -> "tfds"
   folder holding CollectedData.csv, or a .csv file       -> "lightning-pose"
   .json file                                             -> "coco"
+  .slp file (also .pkg.slp)                              -> "sleap"
   a path that does not exist but is a valid TFDS name
   ('name', 'name/config', 'name:1.0.0')                  -> "tfds" (looked up by name)
 `format=` forces one of these.
@@ -19,9 +20,10 @@ from ensemble_jax.data.dataset import DatasetError, KeypointDataset
 
 __all__ = ["load_dataset", "detect_format", "FORMATS"]
 
-FORMATS = ("dlc", "lightning-pose", "coco", "tfds")
+FORMATS = ("dlc", "lightning-pose", "coco", "tfds", "sleap")
 _ALIASES = {"deeplabcut": "dlc", "lightning_pose": "lightning-pose", "lp": "lightning-pose",
-            "lightningpose": "lightning-pose", "tensorflow-datasets": "tfds"}
+            "lightningpose": "lightning-pose", "tensorflow-datasets": "tfds",
+            "slp": "sleap"}
 
 
 def _normalise(fmt: str) -> str:
@@ -56,6 +58,8 @@ def detect_format(path: str | os.PathLike) -> str:
             return "lightning-pose"
         if suffix == ".json":
             return "coco"
+        if suffix == ".slp":
+            return "sleap"
         raise DatasetError(f"{p}: cannot tell the dataset format from the suffix "
                            f"{suffix!r}; pass format= one of {list(FORMATS)}")
     if _FULL_NAME.match(str(path)):
@@ -64,19 +68,36 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def load_dataset(path: str | os.PathLike, *, format: str | None = None, image_size=None,
+                 individual: str | None = None, video_root: str | os.PathLike | None = None,
                  **kwargs) -> KeypointDataset:
     """Reads labeled frames in any supported format into a `KeypointDataset`.
 
     Args:
-      path: a DeepLabCut project folder, a Lightning Pose CSV, a COCO JSON, a TFDS build
-        folder or a TFDS dataset name.
-      format: force one of "dlc", "lightning-pose", "coco", "tfds".
+      path: a DeepLabCut project folder, a Lightning Pose CSV, a COCO JSON, a SLEAP .slp
+        (or .pkg.slp), a TFDS build folder or a TFDS dataset name.
+      format: force one of "dlc", "lightning-pose", "coco", "tfds", "sleap".
       image_size: None (images must share one size), int or (H, W): letterbox size.
+      individual: SLEAP and COCO files: which animal of a frame with several
+        ("largest", "first", or for SLEAP a track name); None: SLEAP tracks become
+        keypoints, else such frames are refused.
+      video_root: SLEAP files: a folder where moved videos are found by file name.
       **kwargs: passed to the reader (`read_dlc_project(scorer=)`,
-        `read_lightning_pose(image_root=)`, `read_coco(image_dir=, individual=,
-        category=, keep_unannotated=)`, `read_tfds(data_dir=, split=, image_key=, ...)`).
+        `read_lightning_pose(image_root=)`, `read_coco(image_dir=, category=,
+        keep_unannotated=)`, `read_tfds(data_dir=, split=, image_key=, ...)`).
     """
     fmt = _normalise(format) if format is not None else detect_format(path)
+    if individual is not None:
+        if fmt not in ("sleap", "coco"):
+            raise DatasetError(
+                f"individual={individual}: picks one animal per frame in SLEAP and COCO "
+                f"files; a {fmt} dataset has no such choice (a DeepLabCut multi-animal "
+                f"project keeps every individual as its own keypoints)")
+        kwargs["individual"] = individual
+    if video_root is not None:
+        if fmt != "sleap":
+            raise DatasetError(f"video_root={video_root}: repoints the videos of a SLEAP "
+                               f"file; a {fmt} dataset has none")
+        kwargs["video_root"] = video_root
     try:
         if fmt == "dlc":
             from ensemble_jax.data.dlc import read_dlc_project
@@ -87,6 +108,9 @@ def load_dataset(path: str | os.PathLike, *, format: str | None = None, image_si
         if fmt == "coco":
             from ensemble_jax.data.coco import read_coco
             return read_coco(path, image_size=image_size, **kwargs)
+        if fmt == "sleap":
+            from ensemble_jax.data.sleap import read_sleap
+            return read_sleap(path, image_size, **kwargs)
         from ensemble_jax.data.tfds_io import read_tfds
         return read_tfds(path, image_size=image_size, **kwargs)
     except TypeError as e:
