@@ -232,6 +232,47 @@ def test_strategy_computes_the_specification_with_crops_and_augmentation(data, s
     np.testing.assert_array_equal(flat(alone.params), flat(res.member_params(2)))
 
 
+# slow: a child process with 2 fake CPU devices (its own compile of the sharded program)
+@pytest.mark.slow
+def test_sharded_over_two_devices_computes_the_specification(data, tmp_path):
+    """Members sharded over 2 devices (2 each), crops and augmentation on: jax.vmap of
+    make_train, as on one device."""
+    import subprocess
+    import sys
+    from tests.child_env import child_env
+    code = f"""
+import dataclasses, numpy as np, jax
+from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
+from ensemble_jax.subsets import random_subsets
+from ensemble_jax.training import sharding
+from ensemble_jax.training.augment import AugmentConfig
+from ensemble_jax.training.crop import CropConfig
+ds = synthetic_dataset(24, image_size=64, seed=5)
+images = ds.images.copy(); images[1::3, 44:] = 0; images[2::3, :, 40:] = 0
+ds = dataclasses.replace(ds, images=images)
+tc = TrainConfig(steps=3, batch_size=4, crop=CropConfig(**{dataclasses.asdict(CROP)!r}),
+                 augment=AugmentConfig(enabled=True, blur_prob=0.0))
+masks = random_subsets(ds.n_frames, 4, 0.5, seed=2)
+res = EnsembleTrainer(ModelConfig(widths=(8, 16), head_width=8), tc,
+                      ExecConfig(chunk_size=3, strategy="vmap")).fit(
+    ds, masks, progress=False, mesh=sharding.make_mesh())
+np.savez({str(tmp_path / "r.npz")!r}, params=np.concatenate(
+    [np.ravel(x) for x in jax.tree_util.tree_leaves(res.params)]), aum=res.aum_sum)
+print(sharding.n_shards(sharding.make_mesh()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=child_env(2), capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == "2"
+    masks = random_subsets(data.n_frames, 4, 0.5, seed=2)
+    tc = TrainConfig(steps=3, batch_size=4, crop=CROP,
+                     augment=AugmentConfig(enabled=True, blur_prob=0.0))
+    ref, _ = spec(data, tc, masks, 3)
+    got = np.load(tmp_path / "r.npz")
+    assert rel(got["params"], flat(ref.params)) < 1e-5
+    assert rel(got["aum"], ref.aum_sum) < 1e-4
+
+
 def test_off_is_the_step_it_was(data):
     """Crops off: the step's program does not depend on the crop settings at all, and a
     crop the size of the whole frame (offset 0) computes bit for bit what no crop does."""
