@@ -329,3 +329,24 @@ def test_command_line_defaults_leave_crops_off():
         train = cli.sweep_configs(cli.build_parser().parse_args(
             ["sweep", "--out", "x", *args]))[2]
         assert train.crop == C.CropConfig() and not train.crop.enabled
+
+
+def test_sweep_with_crops_records_them_loads_and_analyzes(tmp_path):
+    """End to end through the Python API (no command-line flag yet): a sweep trained on
+    windows writes the crop settings to config.json, loads back the same TrainConfig, and
+    predicts (and analyses) on whole frames: the network is fully convolutional."""
+    from ensemble_jax.analysis.analyze import analyze
+    from ensemble_jax.sweep import SweepConfig, run_sweep
+    tc = TrainConfig(steps=4, batch_size=4, crop=C.CropConfig(enabled=True, size=(32, 32)))
+    quiet = dict(progress=False, log=lambda m: None)
+    run = tmp_path / "run"
+    run_sweep(run, SweepConfig(synthetic_frames=24, image_size=64, fractions=(0.5, 1.0),
+                               n_seeds=1), TINY, tc,
+              ExecConfig(chunk_size=4, strategy="sequential"), **quiet)
+    saved = json.loads((run / "config.json").read_text())["train"]["crop"]
+    assert saved == {"enabled": True, "size": [32, 32], "background_share": 0.2,
+                     "jitter": 0.25}
+    loaded = rundir.load(run)
+    assert loaded.result.train_config == tc
+    assert np.asarray(loaded.training["aum_count"]).sum() > 0
+    assert analyze(run, figures_enabled=False, **quiet)["members"] == 2
