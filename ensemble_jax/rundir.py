@@ -394,10 +394,17 @@ def _diff(a: Any, b: Any, prefix: str) -> list[str]:
 def upgrade_config(config: Any) -> Any:
     """config.json as this version writes it: runs from before `ExecConfig` kept its fields
     (strategy, chunk_size, ...) under "train"; they move to "exec", so an older run loads,
-    analyses and compares (`sweep --resume`) like a new one."""
+    analyses and compares (`sweep --resume`) like a new one. Runs from before crop training
+    (training/crop.py) get "train.crop" at its default: off, as they were trained."""
     from ensemble_jax.training.config import EXEC_FIELDS
+    from ensemble_jax.training.crop import CropConfig
     train = config.get("train") if isinstance(config, dict) else None
-    if not isinstance(train, dict) or "exec" in config or not set(EXEC_FIELDS) & set(train):
+    if not isinstance(train, dict):
+        return config
+    if "crop" not in train:
+        train = dict(train, crop=dataclasses.asdict(CropConfig()))
+        config = dict(config, train=train)
+    if "exec" in config or not set(EXEC_FIELDS) & set(train):
         return config
     return dict(config, train={k: v for k, v in train.items() if k not in EXEC_FIELDS},
                 exec={k: train[k] for k in EXEC_FIELDS if k in train})

@@ -578,3 +578,49 @@ def multiview_residual(labels, cols, fit, n_components=3):
             if np.isfinite(y).all():
                 out[i, j] = resid(y, basis)
     return out
+
+
+# ----------------------------------------------------------------------------- crop windows
+def crop_offsets(u, keypoints, valid_hw, size, background_share, jitter):
+    """Twin of training.crop.offsets_from_uniforms: u [B, 3] uniforms, keypoints [B, K, 2]
+    (x, y; NaN = unlabeled), valid_hw [B, 2] (height, width) -> int [B, 2] (y0, x0). A
+    foreground window is centred on the labeled keypoints' box centre shifted by up to
+    jitter * size; a background one (u[b, 0] < background_share, or nothing labeled)
+    starts uniformly among the starts that keep it inside the frame; both are then kept
+    inside the frame (start 0 where the frame is smaller than the window)."""
+    out = np.zeros((len(u), 2), np.int64)
+    for b in range(len(u)):
+        pts = [p for p in np.asarray(keypoints[b], np.float64) if np.isfinite(p).all()]
+        background = not pts or u[b][0] < background_share
+        for axis, (coord, extent, uu) in enumerate(((1, size[0], u[b][2]),
+                                                    (0, size[1], u[b][1]))):
+            free = max(int(valid_hw[b][axis]) - extent, 0)
+            if background:
+                start = math.floor(uu * (free + 1))
+            else:
+                vals = [p[coord] for p in pts]
+                centre = (min(vals) + max(vals)) / 2 + (2 * uu - 1) * jitter * extent
+                start = math.floor(centre - (extent - 1) / 2 + 0.5)  # nearest start
+            out[b, axis] = min(max(start, 0), free)
+    return out
+
+
+def crop_windows(images, keypoints, offsets, valid_hw, size):
+    """Twin of training.crop.cut_windows: window pixel (i, j) of frame b is frame pixel
+    (y0 + i, x0 + j) when that lies inside the frame's valid area, else 0; a label moves
+    to p - (x0, y0) and is NaN when it falls outside [-0.5, w - 0.5] x [-0.5, h - 0.5]."""
+    h, w = size
+    b_n, _, _, c = images.shape
+    out = np.zeros((b_n, h, w, c), images.dtype)
+    kp = np.full(np.shape(keypoints), np.nan)
+    for b in range(b_n):
+        y0, x0 = (int(v) for v in offsets[b])
+        for i in range(h):
+            for j in range(w):
+                if y0 + i < valid_hw[b][0] and x0 + j < valid_hw[b][1]:
+                    out[b, i, j] = images[b, y0 + i, x0 + j]
+        for k, (x, y) in enumerate(np.asarray(keypoints[b], np.float64)):
+            x, y = x - x0, y - y0
+            if -0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5:
+                kp[b, k] = (x, y)
+    return out, kp

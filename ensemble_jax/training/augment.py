@@ -27,7 +27,8 @@ DeepLabCut docs/recipes/pose_cfg_file_breakdown.md): rotation +-25 degrees appli
 of the frames (`rotation: 25`, `rotratio: 0.4`), scale jitter in [0.5, 1.25]
 (`scale_jitter_lo/up`), mirror off. Translation (+-10% of the frame) and the photometric
 ranges are this package's choices (DeepLabCut crops 400-px windows with max_shift 0.4
-instead; we train on the whole letterboxed frame).
+instead; we train on the whole letterboxed frame unless
+TrainConfig.crop is enabled: then augmentation acts on the windows, training/crop.py).
 
 Shapes: images `[B, H, W, C]` uint8 (or float in [0, 1]); keypoints `[B, K, 2]` (x, y)
 training pixels, NaN = unlabeled. Output images float32 in [0, 1].

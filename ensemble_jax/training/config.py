@@ -1,7 +1,7 @@
 """The two training configs, kept apart so that compiled programs key on what they compute:
 
   TrainConfig  what each member's training computes (steps, batch, optimiser, targets,
-               AUM, augmentation, seed): the same TrainConfig gives the same members.
+               AUM, augmentation, crops, seed): the same TrainConfig gives the same members.
   ExecConfig   how that computation is run, never what it gives (to float tolerance):
                the strategy, the chunk of steps between host visits, steps and members
                per compiled program, the checkpoint cadence.
@@ -18,6 +18,7 @@ import dataclasses
 import optax
 
 from ensemble_jax.training.augment import AugmentConfig, coerce as _coerce_augment
+from ensemble_jax.training.crop import CropConfig, coerce as _coerce_crop
 
 STRATEGIES = ("auto", "vmap", "vmap_matmul", "unrolled", "sequential")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -51,9 +52,12 @@ class TrainConfig:
                                           # the default for --data runs (training/real_data.py)
     crn: bool = False                     # common random numbers: members of a block share
                                           # init and draws, coherent sampler (training/crn.py)
+    crop: CropConfig = CropConfig()       # training/crop.py: windows of the frames; off
+                                          # unless enabled
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "augment", _coerce_augment(self.augment))  # dict from json
+        object.__setattr__(self, "crop", _coerce_crop(self.crop))
 
         def bad(name, why):
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")

@@ -19,6 +19,7 @@ from ensemble_jax.models.heatmap_net import HeatmapNet
 from ensemble_jax.training.augment import augment_batch
 from ensemble_jax.training.config import TrainConfig
 from ensemble_jax.training.crn import coherent_draw
+from ensemble_jax.training.crop import crop_batch, valid_hw_from_content
 from ensemble_jax.training.determinism import scatter_add_once
 
 
@@ -66,6 +67,13 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
 
     images `[n, H, W, C]` (uint8, or float in [0, 1]) and keypoints `[n, K, 2]` are the
     shared training set, resident on device; the member reads only rows of its subset.
+
+    With `cfg.crop.enabled` every batch element is a window `cfg.crop.size` (h, w) of its
+    frame (training/crop.py), cut right after the batch is gathered and before any
+    augmentation; targets, loss and AUM margins are on the window, so `heatmap_hw` must be
+    the window's (h // stride, w // stride) (`member_step_for` passes it). Frames of
+    different sizes are zero-padded (bottom, right) to one [H, W]; each frame's own size is
+    its content extent (`crop.valid_hw_from_content`), so nothing else is passed.
     """
     def loss_fn(params, x, targets, weights):
         logits = model.apply(params, x)
@@ -77,6 +85,12 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
     if aug.enabled and aug.flip_pairs and not aug.flip_perm:
         raise ValueError("AugmentConfig.flip_pairs are not resolved to keypoint indices; "
                          "call AugmentConfig.resolve(bodyparts) first")
+    crop = cfg.crop
+    if crop.enabled:
+        crop.check_multiple(model.config.input_multiple)
+        if tuple(heatmap_hw) != (crop.size[0] // stride, crop.size[1] // stride):
+            raise ValueError(f"heatmap_hw={tuple(heatmap_hw)}: crop training needs the "
+                             f"window's, {(crop.size[0] // stride, crop.size[1] // stride)}")
 
     def step(state: MemberState, inputs: MemberInputs, step_index, images, keypoints):
         member_key = jax.random.wrap_key_data(inputs.key)
@@ -88,6 +102,12 @@ def make_member_step(model: HeatmapNet, tx: optax.GradientTransformation, cfg: T
             pos = jax.random.randint(key, (cfg.batch_size,), 0, inputs.subset_size)
             idx = inputs.subset_index[pos]
         x, kp = images[idx], keypoints[idx]
+        if crop.enabled:
+            # Stream 3 of the member key, folded with the step: the windows are the
+            # member's own, like its augmentations (stream 2), which act on the windows.
+            x, kp = crop_batch(jax.random.fold_in(jax.random.fold_in(member_key, 3),
+                                                  step_index),
+                               x, kp, valid_hw_from_content(x), crop)
         clean_x, clean_kp = x, kp
         if aug.enabled:
             # Stream 2 of the member key, folded with the step: a member's augmentations
@@ -147,8 +167,10 @@ def member_step_for(model_config: Any, train_config: TrainConfig, image_hw: tupl
 def _member_step(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
                  n_keypoints: int) -> Callable:
     stride = model_config.output_stride
+    # With crops the step trains on windows: its heatmaps have the window's shape.
+    hw = train_config.crop.size if train_config.crop.enabled else image_hw
     return make_member_step(HeatmapNet(model_config, n_keypoints), train_config.optimizer(),
-                            train_config, (image_hw[0] // stride, image_hw[1] // stride), stride)
+                            train_config, (hw[0] // stride, hw[1] // stride), stride)
 
 
 def make_train(model_config: Any, train_config: TrainConfig, image_hw: tuple[int, int],
@@ -161,7 +183,9 @@ def make_train(model_config: Any, train_config: TrainConfig, image_hw: tuple[int
     `init_member` then a `lax.scan` of `make_member_step` over steps 0..n_steps-1 (default
     every step of the schedule). `jax.vmap(train)` over stacked inputs is the whole
     ensemble; every strategy, chunking and sharding of `EnsembleTrainer` computes this
-    function (tests/accelerator_paths_worker.py checks each against it), faster."""
+    function (tests/accelerator_paths_worker.py checks each against it), faster.
+    With `train_config.crop.enabled` the steps train on windows of `crop.size` cut from
+    the frames (training/crop.py); `image_hw` stays the frames' (padded) size."""
     model, tx = HeatmapNet(model_config, n_keypoints), train_config.optimizer()
     member_step = member_step_for(model_config, train_config, tuple(image_hw), n_keypoints)
     steps = train_config.steps if n_steps is None else int(n_steps)

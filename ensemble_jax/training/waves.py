@@ -136,6 +136,8 @@ def estimate_member_bytes(model_config: ModelConfig, train_config: TrainConfig,
         except Exception:
             temp = None
     if temp is None:   # activations: each stage's feature maps (halved), forward + backward
+        if train_config.crop.enabled:          # on the training windows
+            h, w = train_config.crop.size
         temp = sum(3 * 4 * train_config.batch_size * (h >> i) * (w >> i) * width
                    for i, width in enumerate(model_config.widths))
     return 2 * state_bytes + temp
