@@ -11,7 +11,7 @@ import pytest
 from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset
 from ensemble_jax.subsets import random_subsets
 from ensemble_jax.training import augment as A
-from tests import numpy_twins as twins
+import numpy_twins as twins
 
 GEOMETRY = A.AugmentConfig(enabled=True, rotation_prob=1.0, brightness=0.0, contrast=0.0,
                            noise_std=0.0, blur_prob=0.0)

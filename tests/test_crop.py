@@ -21,8 +21,8 @@ from ensemble_jax.training import crop as C
 from ensemble_jax.training.augment import AugmentConfig
 from ensemble_jax.training.step import make_member_step, make_train
 from ensemble_jax.training.trainer import member_inputs
-from tests import numpy_twins as twins
-from tests.test_augment import dots, peak
+import numpy_twins as twins
+from test_augment import dots, peak
 
 crop_jit = jax.jit(C.crop_batch, static_argnums=4)
 
@@ -239,7 +239,7 @@ def test_sharded_over_two_devices_computes_the_specification(data, tmp_path):
     make_train, as on one device."""
     import subprocess
     import sys
-    from tests.child_env import child_env
+    from child_env import child_env
     code = f"""
 import dataclasses, numpy as np, jax
 from ensemble_jax import EnsembleTrainer, ExecConfig, ModelConfig, TrainConfig, synthetic_dataset

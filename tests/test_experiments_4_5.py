@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from experiments import intervals, study4_aum_cleaning as s4, study5_active_learning as s5  # noqa: E402
-from tests.report_checks import assert_report_embeds_figures  # noqa: E402
+from report_checks import assert_report_embeds_figures  # noqa: E402
 
 
 # ------------------------------------------------------------------ study 4, constructed

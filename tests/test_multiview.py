@@ -12,7 +12,7 @@ from ensemble_jax.analysis import suspects as sus
 from ensemble_jax.data.dataset import DatasetError
 from ensemble_jax.data.lightning_pose import (find_config, read_lightning_pose,
                                               read_view_matches)
-from tests import numpy_twins as twins
+import numpy_twins as twins
 
 MIRROR = "lp-mirror-mouse-example"
 # Two views of 4 body points (a mirror: side view (x, height), bottom view (x, lateral)),
