@@ -26,6 +26,7 @@ summary.json to compare with the estimate.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import resource
@@ -282,9 +283,15 @@ def _cpu_factor(strategy: str) -> float:
 def member_cost(model_config: ModelConfig, train_config: TrainConfig,
                 dataset: KeypointDataset, *, measure: bool = True) -> MemberCost:
     """`MemberCost` of one member of this network and batch on `dataset`'s frames."""
+    return _member_cost(model_config, train_config, tuple(dataset.image_shape),
+                        int(dataset.n_keypoints), int(dataset.n_frames), measure)
+
+
+@functools.lru_cache(maxsize=16)
+def _member_cost(model_config: ModelConfig, train_config: TrainConfig,
+                 image_shape: tuple, k: int, n: int, measure: bool) -> MemberCost:
     from ensemble_jax.training.step import member_step_for
-    h, w, c = dataset.image_shape
-    k, n = dataset.n_keypoints, dataset.n_frames
+    h, w, c = image_shape
     model = HeatmapNet(model_config, k)
     tx = train_config.optimizer()
     sample = jax.ShapeDtypeStruct((1, h, w, c), jnp.uint8)
