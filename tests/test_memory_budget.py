@@ -150,6 +150,8 @@ def test_probe_skips_candidates_whose_estimated_peak_is_over_the_budget(monkeypa
     assert res.strategy in ("sequential", "unrolled")
     skipped = [ln for ln in lines if "skipped, estimated peak" in ln]
     assert len(skipped) == 2 and "vmap" in skipped[0] and "vmap_matmul" in skipped[1], lines
+    assert any(ln.startswith("memory: estimated peak of each candidate for these 4 members")
+               for ln in lines), lines
 
 
 def test_a_budget_that_cannot_hold_one_member_is_one_line(tmp_path, capsys):

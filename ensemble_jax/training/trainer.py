@@ -184,6 +184,11 @@ class EnsembleTrainer:
         over = None
         if plan is not None and plan.cost is not None:
             over = lambda name: plan.over_budget(name, m, ec.members_per_program)
+            names = strategies.candidates(backend.path_backend(), local)
+            logs.info("memory: estimated peak of each candidate for these "
+                      f"{m} members: " + ", ".join(
+                          f"{n} {plan.candidate_peak(n, m, ec.members_per_program) / 2 ** 20:.0f}"
+                          for n in names) + f" MiB (budget {plan.budget_bytes / 2 ** 20:.0f} MiB)")
         return strategies.autotune(
             lambda name: self.runner(s, name),
             strategies.candidates(backend.path_backend(), local), facts,
