@@ -165,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the members in waves of at most W (default: as many as fit "
                         "the memory budget)")
     g.add_argument("--memory-budget", type=_bytes, default=None, metavar="BYTES",
-                   help="device memory per device for the wave plan, e.g. 12G or 800M "
-                        "(default: the device's own limit where it reports one)")
+                   help="memory for the wave plan, e.g. 12G or 800M: per device on an "
+                        "accelerator (default: its free memory x 0.8); on a CPU the whole "
+                        "process's peak (default: what it holds + the host's available "
+                        "memory x 0.8, cgroup limits included)")
     g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                    help="multi-host: process 0's address (or JAX_COORDINATOR_ADDRESS)")
     g.add_argument("--num-processes", type=int, default=None,
@@ -193,7 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--video", nargs="+", metavar="PATH", help="video files")
     src.add_argument("--images", nargs="+", metavar="DIR", help="folders of images")
     pr.add_argument("--out", required=True, help="output folder: <out>/<video name>/")
-    pr.add_argument("--batch-size", type=int, default=32, help="frames per batch (default 32)")
+    pr.add_argument("--batch-size", type=int, default=32,
+                    help="frames per batch (default 32; lowered to what the memory budget "
+                         "holds, with a line saying so)")
+    pr.add_argument("--memory-budget", type=_bytes, default=None, metavar="BYTES",
+                    help="memory the batches may use, e.g. 4G (default: on a CPU the host's "
+                         "available memory x 0.8, else the device's free memory x 0.8)")
     pr.add_argument("--allow-short-video", action="store_true",
                     help="predict a video that holds fewer frames than its container "
                          "declares (truncated): a warning recorded in predict.json instead "
@@ -354,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             infos = predict_sources(args.run_dir, args.out, videos=args.video or (),
                                     images=args.images or (), batch_size=args.batch_size,
                                     progress=not args.quiet,
-                                    allow_short=args.allow_short_video)
+                                    allow_short=args.allow_short_video,
+                                    memory_budget=args.memory_budget)
             for info in infos:
                 print(f"{info['source']['path']}: {info['frames']} frames, "
                       f"{len(info['members'])} members -> "
@@ -376,6 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ValueError, OSError, TypeError) as e:
         print(f"ensemble-jax {args.command}: error: {flag_words(str(e))}", file=sys.stderr,
+              flush=True)
+        return 2
+    except Exception as e:   # out of memory (host or device): one line, not a traceback
+        from ensemble_jax.training import errors
+        if not errors.is_resource_error(e):
+            raise
+        print(f"ensemble-jax {args.command}: error: out of memory: {errors.one_line(e)}; "
+              f"lower --memory-budget (or --batch-size), or free memory", file=sys.stderr,
               flush=True)
         return 2
 

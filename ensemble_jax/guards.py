@@ -121,19 +121,29 @@ def check_resources(n_members: int, model_cfg: Any, train_cfg: Any, train: Any,
     device's limit, or on a CPU this host's available memory); the host must hold the
     plan, the loss record and every member's final state."""
     from ensemble_jax.training import waves
+    from ensemble_jax.training.backend import is_accelerator
     host = host_memory_bytes()
     per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train, measure=False)
     fixed = int(train.images.nbytes + train.keypoints.nbytes)
+    fixed_what = "of frames"
     budget, source = scale.get("memory_budget"), "--memory-budget"
+    on_cpu = not is_accelerator()
+    if on_cpu:   # the host's memory is the device's: the budget is the whole process's
+        fixed += waves.rss_bytes()
+        fixed_what = "this process holds already: Python, JAX and the frames"
     if budget is None:
-        limit = waves.device_memory_budget()
-        budget, source = (int(limit * waves.SAFETY), "the device's memory x 0.8") if limit \
-            else (host, "this host's available memory")
+        limit = None if on_cpu else waves.device_memory_budget()
+        if limit:
+            budget, source = int(limit * waves.SAFETY), "the device's memory x 0.8"
+        elif on_cpu:
+            budget, source = waves.host_memory_budget()[0], "this host's available memory"
+        else:
+            budget, source = host, "this host's available memory"
     h, w, _ = train.image_shape
     if budget and fixed + per_member > budget:
         raise ValueError(
             f"--batch-size {train_cfg.batch_size} at {h}x{w} pixels: one member needs about "
-            f"{_gib(per_member)} to train (plus {_gib(fixed)} of frames), more than "
+            f"{_gib(per_member)} to train (plus {_gib(fixed)} {fixed_what}), more than "
             f"{source} ({_gib(budget)}); lower --batch-size or --image-size"
             + (", or raise --memory-budget" if source == "--memory-budget" else ""))
     n, k = train.n_frames, train.n_keypoints

@@ -470,8 +470,20 @@ def _train_and_write(out: Path, prep: Prepared, *, resume: bool, progress: bool,
         summary["warnings"].append(f"{n_nothing} of {result.n_members} members learned nothing "
                                    f"and are excluded (failed_members)")
     summary["wall_s"] = time.perf_counter() - prep.t0
+    plan = prep.plan
+    # the process's measured peak resident memory, beside what the plan assumed
+    summary["peak_rss_bytes"] = waves.peak_rss_bytes()
+    summary["memory"] = {"budget_bytes": plan.budget_bytes, "budget_source": plan.budget_source,
+                         "budget_for": "process" if plan.host else "device",
+                         "per_member_bytes": plan.per_member_bytes,
+                         "fixed_bytes": plan.fixed_bytes,
+                         "peak_rss_bytes": summary["peak_rss_bytes"]}
     rd.write_json("summary.json", summary)
     logs.info(_describe(summary))
+    logs.info(f"memory: peak resident {summary['peak_rss_bytes'] / 2 ** 20:.1f} MiB"
+              + (f" (budget {plan.budget_bytes / 2 ** 20:.1f} MiB "
+                 f"{'for the process' if plan.host else 'per device'})"
+                 if plan.budget_bytes else ""))
     sharding.barrier("ensemble_jax.sweep.done")
     return summary
 
@@ -506,18 +518,30 @@ def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfi
     if sharding.n_shards(mesh) == 1:
         mesh = None
     n_dev = 1 if mesh is None else sharding.n_shards(mesh)
-    source, warning = "given", None
+    from ensemble_jax.training.backend import is_accelerator
+    host = not is_accelerator()     # a CPU: the host's memory, shared by its devices
+    source, warning = "--memory-budget", None
     if memory_budget is None and members_per_wave is None:
         memory_budget, source, warning = waves.default_memory_budget()
-    per_member = fixed = None
+    per_member = fixed = cost = None
     if memory_budget is not None and members_per_wave is None:
-        per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train,
-                                                 strategy=strategy)
-        fixed = int(train.images.nbytes + train.keypoints.nbytes)
+        cost = waves.member_cost(model_cfg, train_cfg, train)
+        if host:
+            per_member = cost.per_member(strategy, host=True)
+            # what the process holds now (Python, JAX, the data) and will grow by (compiled
+            # programs, caches) + each device's copy of the frames + every member's final
+            # parameters gathered on the host
+            fixed = (waves.rss_bytes() + waves.CPU_RUNTIME_SLACK
+                     + n_dev * int(train.images.nbytes + train.keypoints.nbytes)
+                     + n_members * cost.state_bytes // 3)
+        else:
+            per_member = waves.estimate_member_bytes(model_cfg, train_cfg, train,
+                                                     strategy=strategy)
+            fixed = int(train.images.nbytes + train.keypoints.nbytes)
     plan = waves.plan_waves(n_members, n_devices=n_dev, members_per_wave=members_per_wave,
                             memory_budget=memory_budget, per_member_bytes=per_member,
                             fixed_bytes=fixed or 0, budget_source=source,
-                            warning=warning)
+                            warning=warning, host=host, cost=cost)
     return mesh, plan
 
 

@@ -409,8 +409,11 @@ def test_no_memory_statistics_on_an_accelerator_warns_and_plans_conservatively(s
                             budget_source=source, warning=warning)
     assert len(plan.waves) > 1            # not "all in one wave"
     assert "warning: the device reports no memory statistics" in plan.describe()
-    # a CPU (host memory) keeps one wave, as before
-    assert waves.default_memory_budget(_Device(stats)) == (None, "none", None)
+    # a CPU plans with the host's memory (issue 33): what the process holds + the
+    # available memory x SAFETY, for the whole process
+    budget, source, warning = waves.default_memory_budget(_Device(stats))
+    assert budget and budget > waves.rss_bytes() and "host memory" in source
+    assert warning is None
 
 
 # ------------------------------------------------------------------------ determinism

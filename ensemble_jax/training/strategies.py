@@ -350,13 +350,21 @@ def timed_probe_steps(train_steps: int, n_candidates: int, most: int = 3) -> int
 
 
 def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
-             probe: tuple, train_steps: int, images_per_step: int) -> tuple[Runner, dict]:
+             probe: tuple, train_steps: int, images_per_step: int,
+             over_budget: Callable[[str], str | None] | None = None
+             ) -> tuple[Runner, dict]:
     """strategy='auto': the fastest of `names` (runners built by `make`), measured on the
     `probe` arguments (states, inputs, images, keypoints; left untouched) or taken from
-    the cache under `cache_facts`. Returns (runner, what was measured and how)."""
+    the cache under `cache_facts`. `over_budget(name)`: why a candidate's estimated peak
+    does not fit the memory budget (it is skipped without being compiled), or None.
+    Returns (runner, what was measured and how)."""
     paths = path_backend()
     key = cache_key(**cache_facts)
     cached = load_cached(key)
+    too_big = {name: over_budget(name) for name in names} if over_budget else {}
+    too_big = {name: why for name, why in too_big.items() if why}
+    if cached and cached.get("chosen") in too_big:
+        cached = None      # measured without a budget: measure again within this one
     # Every process must run the same programs: process 0's cache and choice decide.
     if sharding.agree(1 if cached else 0):
         chosen = ALL[sharding.agree(ALL.index(cached["chosen"]) if cached else 0)]
@@ -370,6 +378,10 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
     def attempt(name: str) -> dict | None:
         """One measurement; a candidate that cannot be built, compiled or run (out of
         device memory, a compiler failure) is skipped with its reason."""
+        if name in too_big:
+            failed[name] = too_big[name]
+            logs.info(f"strategy probe {name:>11}: skipped, {too_big[name]}")
+            return None
         try:
             if name not in runners:
                 runners[name] = make(name)
@@ -398,7 +410,8 @@ def autotune(make: Callable[[str], Runner], names: list[str], cache_facts: dict,
         raise NoStrategyError(
             "strategy auto: every candidate failed (" + "; ".join(
                 f"{k}: {v}" for k, v in failed.items()) + "); lower --batch-size, the "
-            "members per wave (--members-per-wave) or --image-size")
+            "members per wave (--members-per-wave) or --image-size"
+            + (", or raise --memory-budget" if too_big else ""))
     # A second timing of the close contenders (programs already compiled): one short
     # timing on a shared machine can be 20% off, more than the gaps between them.
     fastest = min(t["step_s"] for t in table.values())

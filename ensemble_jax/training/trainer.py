@@ -108,6 +108,8 @@ class EnsembleTrainer:
         self.model_config = model_config or ModelConfig()
         self.train_config = train_config or TrainConfig()
         self.exec_config = exec_config or ExecConfig()
+        # a `waves.WavePlan` with a memory budget: `auto` skips candidates over it
+        self.memory_plan = None
 
     # ------------------------------------------------------------------ set-up
     def _check(self, dataset: Any, masks: Any) -> np.ndarray:
@@ -178,10 +180,20 @@ class EnsembleTrainer:
         if s.mesh is not None:   # the strategy applies inside each device, to its block
             local = m // sharding.n_shards(s.mesh)
             facts["mesh"] = (sharding.n_shards(s.mesh), jax.process_count())
+        plan = getattr(self, "memory_plan", None)   # set by waves.fit_waves
+        over = None
+        if plan is not None and plan.cost is not None:
+            over = lambda name: plan.over_budget(name, m, ec.members_per_program)
+            names = strategies.candidates(backend.path_backend(), local)
+            logs.info("memory: estimated peak of each candidate for these "
+                      f"{m} members: " + ", ".join(
+                          f"{n} {plan.candidate_peak(n, m, ec.members_per_program) / 2 ** 20:.0f}"
+                          for n in names) + f" MiB (budget {plan.budget_bytes / 2 ** 20:.0f} MiB)")
         return strategies.autotune(
             lambda name: self.runner(s, name),
             strategies.candidates(backend.path_backend(), local), facts,
-            (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size)
+            (s.states, s.inputs, s.images, s.keypoints), tc.steps, m * tc.batch_size,
+            over_budget=over)
 
     # ---------------------------------------------------------------- training
     @logs.sink

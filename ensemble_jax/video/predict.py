@@ -357,11 +357,89 @@ def _assemble(part: Path, dest: Path, source, result, members: np.ndarray, layou
         eio.write_text(dest / FRAMES, "\n".join(lines) + "\n")
 
 
+PREFETCH = 2       # batches decoded ahead (`reader.batches`' depth)
+# On a CPU the process held 1.16x (1000 frames) and 1.22x (305 frames) the forward pass's
+# memory_analysis() per frame, scaled from 8 frames (mirror-mouse, 256 px, 15 members):
+# the per-frame estimate is taken this many times there.
+CPU_FORWARD_FACTOR = 1.35
+
+
+def capped_batch_size(result, members: np.ndarray, batch_size: int, n_frames: int | None,
+                      memory_budget: int | None = None, name: str = "") -> int:
+    """`batch_size`, lowered to the source's frame count (a longer batch is padding) and
+    to what the memory budget holds: XLA's `memory_analysis()` of the members' forward
+    pass compiled at 8 frames, scaled per frame, plus the host's copies of a batch (the
+    decoded frames `PREFETCH + 2` times, the outputs 3 times). On a CPU the budget is the
+    process's (`waves.host_memory_budget`, or `memory_budget`) less what it holds now;
+    elsewhere the device's free memory (or `memory_budget`) for the forward pass. Logs
+    one line when it lowers the batch."""
+    import jax
+    from ensemble_jax.training import waves
+    from ensemble_jax.training.backend import is_accelerator
+    want = int(batch_size)
+    cap = want if not n_frames or n_frames <= 0 else min(want, int(n_frames))
+    h, w, c = result.image_shape
+    b0 = max(1, min(8, cap))
+    params = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((len(members),) + tuple(x.shape[1:]), x.dtype),
+        result.params)
+    try:
+        ma = ensemble_forward(result).lower(
+            params, jax.ShapeDtypeStruct((b0, h, w, c), np.uint8)).compile().memory_analysis()
+        device = (int(ma.temp_size_in_bytes) + int(ma.output_size_in_bytes)) / b0 + h * w * c
+        out_row = int(ma.output_size_in_bytes) / b0
+    except Exception:   # no analysis on this backend: the largest feature maps, guessed
+        widths = result.model_config.widths
+        device = 3 * 4 * sum((h >> i) * (w >> i) * wd for i, wd in enumerate(widths))
+        out_row = 4 * len(members) * 64
+    host = (PREFETCH + 2) * h * w * c + 3 * out_row
+    accelerator = is_accelerator()
+    if accelerator:
+        dev_budget = memory_budget
+        if dev_budget is None:
+            free = waves.device_memory_budget()
+            dev_budget = None if free is None else int(free * waves.SAFETY)
+        host_budget, source = waves.host_memory_budget()
+        source = "--memory-budget" if memory_budget is not None else source
+        per_frame = host
+        room = None if host_budget is None else host_budget - waves.rss_bytes()
+        if dev_budget is not None:
+            cap = min(cap, max(1, int(dev_budget // device)))
+    else:
+        if memory_budget is not None:
+            budget, source = memory_budget, "--memory-budget"
+        else:
+            budget, source = waves.host_memory_budget()
+        per_frame = device * CPU_FORWARD_FACTOR + host
+        room = None if budget is None else budget - waves.rss_bytes()
+    if room is not None:
+        if room < per_frame:
+            raise ValueError(
+                f"predict: the memory budget ({source}) leaves {max(0, room) / 2 ** 20:.1f} "
+                f"MiB beside what this process holds; one frame of {len(members)} members "
+                f"needs ~{per_frame / 2 ** 20:.1f} MiB; free memory or raise --memory-budget")
+        cap = min(cap, max(1, int(room // per_frame)))
+    if cap < want:
+        by_memory = room is not None and cap < min(want, n_frames or want)
+        memory = ("" if room is None else
+                  f"~{per_frame / 2 ** 20:.2f} MiB per frame for {len(members)} members, "
+                  f"{room / 2 ** 20:.0f} MiB of the memory budget ({source}) beside what "
+                  f"the process holds")
+        logs.info(f"{name}: --batch-size {want} lowered to {cap} frames ("
+                  + (memory if by_memory else f"the source holds {n_frames} frames"
+                     + (f"; {memory}" if memory else "")) + ")")
+    return cap
+
+
 def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, *,
                  batch_size: int, scorer: str, progress: bool,
                  after_batch: Callable[[int], None] | None,
-                 allow_short: bool = False, flag: str = "--out") -> dict:
+                 allow_short: bool = False, flag: str = "--out",
+                 memory_budget: int | None = None) -> dict:
     import jax
+    from ensemble_jax.training import waves
+    batch_size = capped_batch_size(result, members, batch_size, source.n_frames,
+                                   memory_budget, str(source.path))
     done_path = dest / DONE
     want = {"format": PREDICT_FORMAT, "run": run_fp, "source": source.fingerprint(),
             "kind": source.kind, "members": [int(m) for m in members],
@@ -470,6 +548,7 @@ def _predict_one(source, dest: Path, result, members: np.ndarray, run_fp: dict, 
             "warnings": warns,
             "frames_this_call": new, "wall_s": wall, "decode_s": decode_s,
             "device_s": device_s, "frames_per_s": new / wall if wall > 0 else None,
+            "peak_rss_bytes": waves.peak_rss_bytes(),
             "files": sorted(str(p.relative_to(dest)) for p in dest.rglob("*")
                             if p.is_file() and ".partial" not in p.parts)}
     eio.write_json(done_path, info)
@@ -485,7 +564,7 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
                     scorer: str = "ensemble-jax",
                     after_batch: Callable[[int], None] | None = None,
                     result=None, allow_short: bool = False,
-                    flag: str = "--out") -> list[dict]:
+                    flag: str = "--out", memory_budget: int | None = None) -> list[dict]:
     """Runs the alive members of `run_dir` on every frame of `videos` / `images` folders
     and writes `<out>/<name>/` per source (see the module doc). Returns each source's
     predict.json. Everything is checked before anything is written; the output folder is
@@ -534,7 +613,7 @@ def predict_sources(run_dir: str | os.PathLike, out: str | os.PathLike, *,
             info = _predict_one(s, dest, result, members, run_fp, batch_size=batch_size,
                                 scorer=scorer, progress=progress,
                                 after_batch=after_batch, allow_short=allow_short,
-                                flag=flag)
+                                flag=flag, memory_budget=memory_budget)
             infos.append(info)
             if info.get("frames_this_call"):
                 logs.info(f"{s.path}: {info['frames']} frames x {len(members)} members -> {dest} "
