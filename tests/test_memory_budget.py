@@ -197,7 +197,7 @@ def _same_outputs(a: Path, b: Path) -> None:
     import pandas as pd
     csvs = lambda f: {str(p.relative_to(f)): p.read_bytes() for p in sorted(f.rglob("*.csv"))
                       if p.name != "uncertainty.csv"}
-    assert csvs(a) == csvs(b) and len(csvs(a)) == 3          # 2 members + the ensemble
+    assert csvs(a) == csvs(b) and len(csvs(a)) == 4   # 2 members, the ensemble, frames.csv
     ua, ub = (pd.read_csv(f / "uncertainty.csv") for f in (a, b))
     assert list(ua.columns) == list(ub.columns)
     np.testing.assert_allclose(ua.to_numpy(float), ub.to_numpy(float), rtol=1e-4, atol=1e-6)
