@@ -525,7 +525,13 @@ def scale_out_plan(n_members: int, model_cfg: ModelConfig, train_cfg: TrainConfi
         memory_budget, source, warning = waves.default_memory_budget()
     per_member = fixed = cost = None
     if memory_budget is not None and members_per_wave is None:
-        cost = waves.member_cost(model_cfg, train_cfg, train)
+        cost = waves.member_cost(model_cfg, train_cfg, train, measure=False)
+        # XLA's own figure costs a compile (~1 min at 256 px): only where the activations'
+        # estimate, with a wide margin, comes anywhere near the budget
+        rough = n_members * max(cost.candidate_peak(nm, 1, 1, host=host)
+                                for nm in cost.temp_bytes)
+        if rough * waves.ROUGH_MARGIN + int(train.images.nbytes) * n_dev > memory_budget:
+            cost = waves.member_cost(model_cfg, train_cfg, train)
         if host:
             per_member = cost.per_member(strategy, host=True)
             # what the process holds now (Python, JAX, the data) and will grow by (compiled

@@ -180,8 +180,8 @@ def test_h5_only_without_pytables(tmp_path, write_png, monkeypatch):
 
 
 def test_unknown_format(tmp_path):
-    with pytest.raises(DatasetError, match=r"unknown dataset format 'sleap'.*'dlc'"):
-        load_dataset(tmp_path, format="sleap")
+    with pytest.raises(DatasetError, match=r"unknown dataset format 'nwb'.*'dlc'"):
+        load_dataset(tmp_path, format="nwb")
 
 
 # ------------------------------------------------------------------------------ COCO

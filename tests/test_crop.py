@@ -205,10 +205,11 @@ def test_member_alone_equals_member_in_ensemble_and_same_seed_same_result(data):
     assert not np.array_equal(flat(other.params), flat(states.params))
 
 
+# slow: the same member step under each batching rule, a compile each on the CPU (as
+# tests/test_trainer.py's test_strategies_agree); the default suite keeps the member alone
+# against the vmapped specification (test_member_alone_equals_member_in_ensemble_...)
 @pytest.mark.parametrize("strategy", [
-    "unrolled",
-    # slow: the same member step under the other batching rules (tests/test_trainer.py's
-    # test_strategies_agree is slow for the same reason: a compile each on the CPU)
+    pytest.param("unrolled", marks=pytest.mark.slow),
     pytest.param("vmap", marks=pytest.mark.slow),
     pytest.param("vmap_matmul", marks=pytest.mark.slow)])
 def test_strategy_computes_the_specification_with_crops_and_augmentation(data, strategy):
@@ -331,6 +332,7 @@ def test_command_line_defaults_leave_crops_off():
         assert train.crop == C.CropConfig() and not train.crop.enabled
 
 
+@pytest.mark.slow   # end to end; the config round trip is tested above without training
 def test_sweep_with_crops_records_them_loads_and_analyzes(tmp_path):
     """End to end through the Python API (no command-line flag yet): a sweep trained on
     windows writes the crop settings to config.json, loads back the same TrainConfig, and
