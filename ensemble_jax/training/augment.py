@@ -127,18 +127,6 @@ def parse_flip_pairs(text: str) -> tuple:
     return tuple(pairs)
 
 
-def coerce(value) -> AugmentConfig:
-    """An AugmentConfig from itself, a dict (config.json) or None (off)."""
-    if value is None:
-        return AugmentConfig()
-    if isinstance(value, AugmentConfig):
-        return value
-    if isinstance(value, dict):
-        names = {f.name for f in dataclasses.fields(AugmentConfig)}
-        return AugmentConfig(**{k: v for k, v in value.items() if k in names})
-    raise ValueError(f"augment: expected an AugmentConfig or a dict, got {type(value).__name__}")
-
-
 def draw_affine(key: jax.Array, batch: int, hw: tuple[int, int], cfg: AugmentConfig
                 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Per frame: (A float32 [B, 2, 2], t float32 [B, 2], flipped bool [B])."""

@@ -17,11 +17,24 @@ import dataclasses
 
 import optax
 
-from ensemble_jax.training.augment import AugmentConfig, coerce as _coerce_augment
-from ensemble_jax.training.crop import CropConfig, coerce as _coerce_crop
+from ensemble_jax.training.augment import AugmentConfig
+from ensemble_jax.training.crop import CropConfig
 
 STRATEGIES = ("auto", "vmap", "vmap_matmul", "unrolled", "sequential")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+def _coerce(cls, value, what: str):
+    """A `cls` config from itself, a dict (config.json; unknown keys dropped) or None (its
+    defaults: off)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in names})
+    raise ValueError(f"{what}: expected a {cls.__name__} or a dict, got {type(value).__name__}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +69,8 @@ class TrainConfig:
                                           # unless enabled
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "augment", _coerce_augment(self.augment))  # dict from json
-        object.__setattr__(self, "crop", _coerce_crop(self.crop))
+        object.__setattr__(self, "augment", _coerce(AugmentConfig, self.augment, "augment"))
+        object.__setattr__(self, "crop", _coerce(CropConfig, self.crop, "crop"))
 
         def bad(name, why):
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")

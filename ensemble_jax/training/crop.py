@@ -90,18 +90,6 @@ class CropConfig:
                              f"{multiple} (2 ** number of encoder stages) on both axes")
 
 
-def coerce(value) -> CropConfig:
-    """A CropConfig from itself, a dict (config.json; lists as tuples) or None (off)."""
-    if value is None:
-        return CropConfig()
-    if isinstance(value, CropConfig):
-        return value
-    if isinstance(value, dict):
-        names = {f.name for f in dataclasses.fields(CropConfig)}
-        return CropConfig(**{k: v for k, v in value.items() if k in names})
-    raise ValueError(f"crop: expected a CropConfig or a dict, got {type(value).__name__}")
-
-
 def valid_hw_from_content(images: jnp.ndarray) -> jnp.ndarray:
     """int32 [B, 2]: (y1 + 1, x1 + 1) of the bounding box of each frame's non-zero pixels
     (all channels zero = padding): the frame's own size when it was zero-padded at the
