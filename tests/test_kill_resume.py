@@ -28,9 +28,10 @@ from ensemble_jax import io as eio
 # one between runs, and strategies agree only to float tolerance.
 SWEEP = ["sweep", "--smoke", "--frames", "40", "--image-size", "32",
          "--checkpoint-every", "2", "--chunk-size", "2", "--strategy", "unrolled", "--quiet"]
-# summary.json entries that measure time (legitimately differ between runs)
+# summary.json entries that measure time or the machine's memory (the budget read from the
+# host's free memory, the peak RSS): they legitimately differ between runs
 TIMING_KEYS = {"steps_per_s", "images_per_s", "train_s", "setup_s", "wall_s",
-               "strategy_choice"}
+               "strategy_choice", "memory", "peak_rss_bytes"}
 
 
 def _env() -> dict:

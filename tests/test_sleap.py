@@ -113,7 +113,9 @@ def _sweep(data: Path, out: Path) -> int:
                      "--strategy", "sequential"])
 
 
-_TIMES = ("steps_per_s", "images_per_s", "train_s", "setup_s", "wall_s", "compile_s")
+# times, and the memory block (budget from the host's free memory, peak RSS): the machine's
+_TIMES = ("steps_per_s", "images_per_s", "train_s", "setup_s", "wall_s", "compile_s",
+          "memory", "peak_rss_bytes")
 
 
 def _summary(run: Path) -> dict:
