@@ -278,7 +278,7 @@ def failed_sweep(run: str | os.PathLike) -> str | None:
     first = next((f"member {m} {r}" for m, r in enumerate(reasons) if r), None)
     return (f"{run}: the sweep ended with every member failed"
             + (f" (e.g. {first})" if first else "") + "; it holds no result (see "
-            f"training.npz); run a new sweep (e.g. with a lower --lr)")
+            "training.npz); run a new sweep (e.g. with a lower --lr)")
 
 
 def load_json(path: str | os.PathLike, need: Iterable[str] = ()) -> dict:
