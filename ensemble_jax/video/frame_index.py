@@ -118,14 +118,16 @@ def build_index(path: str | os.PathLike) -> FrameIndex:
                       exact=bool(exact), size=int(st.st_size), mtime_ns=int(st.st_mtime_ns))
 
 
-def load_or_build(video: str | os.PathLike, cache: str | os.PathLike | None) -> FrameIndex:
+def load_or_build(video: str | os.PathLike, cache: str | os.PathLike | None,
+                  built: FrameIndex | None = None) -> FrameIndex:
     """The cached index of `video` at `cache` while it matches the video's size and
-    modification time, else a new one (written to `cache` when given)."""
+    modification time, else `built` (an index already made of it) or a new one, written to
+    `cache` when given."""
     if cache is not None and Path(cache).is_file():
         idx = FrameIndex.load(cache)
         if idx is not None and idx.matches(video):
             return idx
-    idx = build_index(video)
+    idx = built if built is not None and built.matches(video) else build_index(video)
     if cache is not None:
         idx.save(cache)
     return idx

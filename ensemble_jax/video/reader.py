@@ -140,11 +140,7 @@ class VideoSource:
         """Keeps the index at `path`: a valid cached one is used (it may hold a full
         decode's corrections), else the current one is written there."""
         self.index_cache = Path(path)
-        cached = FrameIndex.load(path) if Path(path).is_file() else None
-        if cached is not None and cached.matches(self.path):
-            self._index = cached
-        else:
-            self.index.save(path)
+        self._index = load_or_build(self.path, path, built=self._index)
 
     def remember_decoded(self, pts: Sequence[int]) -> None:
         """A full sequential decode's time stamps: they become the index where the
